@@ -1,0 +1,5 @@
+import sys
+
+from medrecon.cli.main import main
+
+sys.exit(main())

@@ -1,0 +1,45 @@
+"""`medrecon bench operators|solvers`: benchmarks that print tables with in-process ratios."""
+from __future__ import annotations
+
+import json
+from dataclasses import asdict
+
+
+def register(subparsers) -> None:
+    p = subparsers.add_parser("bench", help="run a benchmark and print a table")
+    sub = p.add_subparsers(dest="bench", metavar="BENCH")
+    sub.required = True
+
+    op = sub.add_parser("operators", help="SENSE forward/adjoint/normal vs fastMRI-style and SigPy")
+    op.add_argument("--sizes", nargs="+", default=["brain", "knee"],
+                    help="brain (16x640x320), knee (15x640x368) or CxHxW")
+    op.add_argument("--acceleration", type=int, default=4)
+    op.add_argument("--repeats", type=int, default=10)
+    op.add_argument("--no-sigpy", action="store_true", help="skip the SigPy reference")
+    op.add_argument("--json", action="store_true", help="print JSON rows instead of a table")
+    op.set_defaults(func=_operators)
+
+
+def _parse_size(s: str):
+    if s in ("brain", "knee"):
+        return s
+    try:
+        c, h, w = (int(v) for v in s.lower().split("x"))
+    except ValueError:
+        raise ValueError(f"--sizes: expected 'brain', 'knee' or CxHxW (e.g. 16x640x320), got {s!r}")
+    return (c, h, w)
+
+
+def _operators(args) -> int:
+    from medrecon.bench_operators import format_table, run
+
+    if args.acceleration < 1:
+        raise ValueError(f"--acceleration must be >= 1, got {args.acceleration}")
+    rows = run(sizes=[_parse_size(s) for s in args.sizes], acceleration=args.acceleration,
+               repeats=args.repeats, sigpy=not args.no_sigpy)
+    if args.json:
+        for r in rows:
+            print(json.dumps({**asdict(r), "vs_fastmri": r.vs_fastmri, "vs_sigpy": r.vs_sigpy}))
+    else:
+        print(format_table(rows))
+    return 0

@@ -1,0 +1,97 @@
+"""``sample``: one entry point over the generic solvers, with diffusers' default time-step selection.
+
+What: ``sample(eps_fn, x_T, solver=..., steps=N, betas=...)`` runs the named solver from the VP state
+x_T (= sqrt(abar) x0 + sqrt(1 - abar) eps at the first selected timestep) to x_0, calling
+``eps_fn(x, t)`` with exactly the timesteps the diffusers scheduler of the same name would pass with
+its default config (so a model behaves identically under medrecon and diffusers):
+
+- ``ddpm``:  DDPMScheduler, "leading" spacing (t = k * (T // N)), fixed_small variance.
+- ``ddim``:  DDIMScheduler, "leading" spacing, set_alpha_to_one=True, option ``eta`` (default 0).
+- ``pndm``:  PNDMScheduler, "leading" spacing, default skip_prk_steps=False (3 Runge-Kutta warm-up
+             steps of 4 calls each at t and t - T//N//2, then PLMS); option ``skip_prk_steps``.
+- ``dpm-solver++``: DPMSolverMultistepScheduler, "linspace" spacing over N + 1 points (last dropped),
+             option ``order`` (2 = 2M default, 3 = 3M), lower_order_final=True, final sigma 0.
+- ``unipc``: UniPCMultistepScheduler (bh2, order 2, "linspace"), option ``variant`` in {bh1, bh2}.
+- ``euler`` / ``heun``: Euler/HeunDiscreteScheduler, "linspace" float timesteps, sigmas interpolated
+             linearly in sigma; x_T is rescaled to the sigma form inside; Heun calls the model
+             2N - 1 times, the second stage at the next timestep (diffusers' repeated timesteps).
+
+No clipping of x0 (MRI images are complex, not in [-1, 1]).  Complex tensors work throughout; noise
+for complex x is circular with E|z|^2 = 1.  Randomness only through ``generator``.
+"""
+from __future__ import annotations
+
+from typing import Callable, Optional
+
+import numpy as np
+import torch
+
+from medrecon.models.schedules import spacing
+from medrecon.solvers import ddim, ddpm, dpm_solver_pp, euler, heun
+
+SOLVERS = ("ddpm", "ddim", "pndm", "dpm-solver++", "unipc", "euler", "heun")
+
+
+def _alphas_cumprod(betas: torch.Tensor) -> torch.Tensor:
+    b = torch.as_tensor(betas)
+    if b.ndim != 1 or len(b) < 1 or not torch.is_floating_point(b):
+        raise ValueError("betas: expected a 1-D float tensor of training betas")
+    # diffusers keeps its tables in float32; do the same so numbers match one-to-one
+    return torch.cumprod(1.0 - b.float(), 0).double()
+
+
+def euler_sigmas(alphas_cumprod: torch.Tensor, steps: int) -> tuple[np.ndarray, np.ndarray]:
+    """(timesteps [N] float, sigmas [N + 1] with trailing 0) as Euler/HeunDiscreteScheduler ("linspace")."""
+    n_train = len(alphas_cumprod)
+    acp = alphas_cumprod.float().numpy()
+    table = ((1 - acp) / acp) ** 0.5
+    ts = np.linspace(0, n_train - 1, steps, dtype=np.float32)[::-1].copy()
+    sig = np.interp(ts, np.arange(0, n_train), table)
+    return ts, np.concatenate([sig, [0.0]]).astype(np.float32)
+
+
+def timesteps_for(solver: str, steps: int, n_train: int) -> torch.Tensor:
+    """The model-visible timesteps diffusers' default scheduler uses for ``solver`` (one per step)."""
+    if solver in ("ddpm", "ddim", "pndm"):
+        return spacing("leading", steps, n_train)
+    if solver in ("dpm-solver++", "unipc"):
+        return torch.from_numpy(np.linspace(0, n_train - 1, steps + 1).round()[::-1][:-1].copy().astype(np.int64))
+    if solver in ("euler", "heun"):
+        return torch.from_numpy(np.linspace(0, n_train - 1, steps, dtype=np.float32)[::-1].copy())
+    raise ValueError(f"solver: expected one of {SOLVERS}, got {solver!r}")
+
+
+def sample(eps_fn: Callable[[torch.Tensor, torch.Tensor], torch.Tensor], x_T: torch.Tensor,
+           solver: str = "ddim", steps: int = 50, betas: Optional[torch.Tensor] = None, dc=None,
+           generator: Optional[torch.Generator] = None, callback=None, **solver_options) -> torch.Tensor:
+    """Sample x_0 from x_T with ``solver`` in ``SOLVERS`` over ``steps`` steps of the training
+    schedule ``betas`` (see the module docstring for the per-solver timesteps and options)."""
+    if solver not in SOLVERS:
+        raise ValueError(f"solver: expected one of {SOLVERS}, got {solver!r}")
+    if betas is None:
+        raise ValueError("betas: required (1-D tensor of training betas, e.g. make_betas('linear', 1000))")
+    acp = _alphas_cumprod(betas)
+    n_train = len(acp)
+    if not isinstance(steps, (int, np.integer)) or isinstance(steps, bool) or not 1 <= steps <= n_train:
+        raise ValueError(f"steps: expected an int in [1, {n_train}], got {steps!r}")
+    if not isinstance(x_T, torch.Tensor):
+        raise ValueError("x_T: expected a torch.Tensor")
+    steps = int(steps)
+    common = {"dc": dc, "callback": callback, "generator": generator}
+    if solver == "ddpm":
+        return ddpm(eps_fn, x_T, timesteps_for(solver, steps, n_train), acp, **common, **solver_options)
+    if solver == "ddim":
+        return ddim(eps_fn, x_T, timesteps_for(solver, steps, n_train), acp, **common, **solver_options)
+    if solver == "dpm-solver++":
+        return dpm_solver_pp(eps_fn, x_T, timesteps_for(solver, steps, n_train), acp, **common, **solver_options)
+    if solver == "pndm":
+        from medrecon.solvers.pndm import pndm
+        return pndm(eps_fn, x_T, steps, acp, **common, **solver_options)
+    if solver == "unipc":
+        from medrecon.solvers.unipc import unipc
+        return unipc(eps_fn, x_T, timesteps_for(solver, steps, n_train), acp, **common, **solver_options)
+    ts, sig = euler_sigmas(acp, steps)
+    if solver == "euler":
+        return euler(eps_fn, x_T, torch.from_numpy(ts), sig, **common, **solver_options)
+    # Heun: timestep of each sigma (the second stage uses the next one, as diffusers repeats them)
+    return heun(eps_fn, x_T, torch.from_numpy(ts), sig, **common, **solver_options)

@@ -1,0 +1,305 @@
+"""Checkpoint I/O: safetensors weights next to a JSON config -- no pickle, no code execution.
+
+A checkpoint is a directory::
+
+    config.json            format/version, network config, schedule, prediction type, step,
+                           timestep-tuner shifts, optimizer hyper-parameters, user extras
+    model.safetensors      network weights
+    ema.safetensors        EMA weights (optional)
+    optimizer.safetensors  optimizer state tensors (optional; the non-tensor part is in JSON)
+    rng.safetensors        RNG states for exact resumption (optional)
+
+``load_checkpoint`` reads only JSON and safetensors (``safetensors.torch.load_file``), so a
+checkpoint from an untrusted source cannot run code.  Anything that does not fit -- unknown
+format version, missing or unexpected weights, wrong shapes, a prediction type other than the
+one requested -- raises ``ValueError`` naming the offending file.
+
+Writes are atomic: everything goes into a hidden sibling directory that is renamed into place
+at the end, so a crash never leaves a half-written checkpoint; an existing checkpoint is only
+replaced when ``overwrite=True``.
+"""
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import tempfile
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+import torch.nn as nn
+
+from .networks import UNetConfig, build_unet
+from .wrapper import PREDICTION_TYPES, DiffusionModel, is_ve
+
+__all__ = [
+    "FORMAT", "VERSION", "Checkpoint", "save_checkpoint", "load_checkpoint", "load_model",
+    "schedule_to_dict", "schedule_from_dict",
+]
+
+FORMAT = "medrecon-checkpoint"
+VERSION = 1
+CONFIG = "config.json"
+
+
+def schedule_to_dict(schedule: Any) -> dict[str, Any]:
+    """JSON description of a ``medrecon.models.schedules`` schedule (exact: betas as floats)."""
+    if is_ve(schedule):
+        return {"type": "ve", "sigma_min": float(schedule.sigma_min), "sigma_max": float(schedule.sigma_max)}
+    betas = getattr(schedule, "betas", None)
+    if betas is None:
+        raise ValueError(f"schedule: cannot serialise {type(schedule).__name__} (no betas, not VE)")
+    return {"type": "vp", "betas": [float(b) for b in torch.as_tensor(betas, dtype=torch.float64).tolist()]}
+
+
+def schedule_from_dict(d: dict[str, Any]) -> Any:
+    from .schedules import VE, VPSchedule
+
+    kind = d.get("type") if isinstance(d, dict) else None
+    if kind == "vp":
+        return VPSchedule(torch.tensor(d["betas"], dtype=torch.float64))
+    if kind == "ve":
+        return VE(sigma_min=d["sigma_min"], sigma_max=d["sigma_max"])
+    raise ValueError(f"schedule: expected {{'type': 'vp'|'ve', ...}}, got {d!r}")
+
+
+@dataclass
+class Checkpoint:
+    """What ``load_checkpoint`` returns.  ``model`` holds the (non-EMA) weights."""
+
+    model: DiffusionModel
+    network_config: UNetConfig
+    step: int
+    ema: dict[str, torch.Tensor] | None = None
+    optimizer: dict[str, Any] | None = None  # a torch optimizer state_dict
+    rng: dict[str, torch.Tensor] = field(default_factory=dict)
+    timestep_shifts: dict[str, Any] | None = None
+    extra: dict[str, Any] = field(default_factory=dict)
+    path: Path | None = None
+
+
+def _state(obj: nn.Module | dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    sd = obj.state_dict() if isinstance(obj, nn.Module) else dict(obj)
+    return {k: v.detach().to("cpu").contiguous().clone() for k, v in sd.items()}
+
+
+def _optimizer_split(opt_state: dict[str, Any]) -> tuple[dict[str, torch.Tensor], dict[str, Any]]:
+    tensors: dict[str, torch.Tensor] = {}
+    meta: dict[str, Any] = {"param_groups": opt_state["param_groups"], "state": {}}
+    for pid, st in opt_state["state"].items():
+        entry: dict[str, Any] = {}
+        for name, val in st.items():
+            if torch.is_tensor(val):
+                key = f"{pid}.{name}"
+                tensors[key] = val.detach().to("cpu").contiguous().clone()
+                entry[name] = {"tensor": key}
+            else:
+                entry[name] = {"value": val}
+        meta["state"][str(pid)] = entry
+    return tensors, meta
+
+
+def _optimizer_join(tensors: dict[str, torch.Tensor], meta: dict[str, Any], file: Path) -> dict[str, Any]:
+    state: dict[int, dict[str, Any]] = {}
+    for pid, entry in meta["state"].items():
+        st = {}
+        for name, ref in entry.items():
+            if "tensor" in ref:
+                if ref["tensor"] not in tensors:
+                    raise ValueError(f"{file}: missing optimizer tensor {ref['tensor']!r}")
+                st[name] = tensors[ref["tensor"]]
+            else:
+                st[name] = ref["value"]
+        state[int(pid)] = st
+    return {"state": state, "param_groups": meta["param_groups"]}
+
+
+def save_checkpoint(
+    directory: str | os.PathLike,
+    model: DiffusionModel,
+    config: UNetConfig | dict[str, Any],
+    *,
+    ema: nn.Module | dict[str, torch.Tensor] | None = None,
+    step: int = 0,
+    optimizer: torch.optim.Optimizer | dict[str, Any] | None = None,
+    rng: dict[str, torch.Tensor] | None = None,
+    timestep_shifts: dict[str, Any] | None = None,
+    overwrite: bool = False,
+) -> Path:
+    """Write a checkpoint directory atomically and return its path.
+
+    ``config`` is the network's ``UNetConfig`` or a dict ``{"network": UNetConfig | dict, ...}``
+    whose other (JSON-able) entries are stored under ``extra``.
+    """
+    from safetensors.torch import save_file
+
+    directory = Path(directory)
+    if not isinstance(model, DiffusionModel):
+        raise ValueError(f"model: expected a DiffusionModel, got {type(model).__name__}")
+    if isinstance(config, UNetConfig):
+        net_cfg, extra = config, {}
+    elif isinstance(config, dict) and "network" in config:
+        net_cfg = config["network"]
+        net_cfg = net_cfg if isinstance(net_cfg, UNetConfig) else UNetConfig.from_dict(net_cfg)
+        extra = {k: v for k, v in config.items() if k != "network"}
+    else:
+        raise ValueError("config: expected a UNetConfig or a dict with a 'network' entry")
+    if directory.exists() and not overwrite:
+        raise FileExistsError(f"{directory}: checkpoint already exists (pass overwrite=True to replace it)")
+
+    cfg: dict[str, Any] = {
+        "format": FORMAT,
+        "version": VERSION,
+        "network": {"type": "monai.DiffusionModelUNet", "config": net_cfg.to_dict()},
+        "schedule": schedule_to_dict(model.schedule),
+        "prediction_type": model.prediction_type,
+        "step": int(step),
+        "timestep_shifts": timestep_shifts,
+        "files": {"model": "model.safetensors"},
+        "extra": extra,
+    }
+    directory.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=f".{directory.name}.tmp-", dir=directory.parent))
+    try:
+        save_file(_state(model.net), str(tmp / "model.safetensors"))
+        if ema is not None:
+            save_file(_state(ema), str(tmp / "ema.safetensors"))
+            cfg["files"]["ema"] = "ema.safetensors"
+        if optimizer is not None:
+            opt_state = optimizer.state_dict() if isinstance(optimizer, torch.optim.Optimizer) else optimizer
+            tensors, meta = _optimizer_split(opt_state)
+            save_file(tensors, str(tmp / "optimizer.safetensors"))
+            cfg["files"]["optimizer"] = "optimizer.safetensors"
+            cfg["optimizer"] = meta
+        if rng:
+            save_file({k: v.detach().cpu().contiguous() for k, v in rng.items()}, str(tmp / "rng.safetensors"))
+            cfg["files"]["rng"] = "rng.safetensors"
+        with open(tmp / CONFIG, "w") as f:
+            json.dump(cfg, f, indent=1)
+            f.flush()
+            os.fsync(f.fileno())
+        if directory.exists():  # overwrite=True: move the old one aside, then swap
+            old = Path(tempfile.mkdtemp(prefix=f".{directory.name}.old-", dir=directory.parent))
+            os.replace(directory, old / "ckpt")
+            os.replace(tmp, directory)
+            shutil.rmtree(old, ignore_errors=True)
+        else:
+            os.replace(tmp, directory)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    return directory
+
+
+def _read_config(directory: Path) -> dict[str, Any]:
+    file = directory / CONFIG
+    if not file.is_file():
+        raise FileNotFoundError(f"{file}: no checkpoint config (is {directory} a medrecon checkpoint?)")
+    try:
+        cfg = json.loads(file.read_text())
+    except json.JSONDecodeError as exc:
+        raise ValueError(f"{file}: not valid JSON ({exc})") from None
+    if not isinstance(cfg, dict) or cfg.get("format") != FORMAT:
+        raise ValueError(f"{file}: not a medrecon checkpoint (format {cfg.get('format') if isinstance(cfg, dict) else None!r})")
+    if cfg.get("version") != VERSION:
+        raise ValueError(f"{file}: unsupported checkpoint version {cfg.get('version')!r}; this medrecon reads {VERSION}")
+    for key in ("network", "schedule", "prediction_type", "files"):
+        if key not in cfg:
+            raise ValueError(f"{file}: missing entry {key!r}")
+    return cfg
+
+
+def _load_tensors(file: Path, device: str | torch.device) -> dict[str, torch.Tensor]:
+    from safetensors.torch import load_file
+
+    if not file.is_file():
+        raise FileNotFoundError(f"{file}: file listed in the checkpoint config is missing")
+    try:
+        return load_file(str(file), device=str(device))
+    except Exception as exc:  # safetensors raises its own error types on corrupt files
+        raise ValueError(f"{file}: cannot read safetensors ({exc})") from None
+
+
+def _check_state(expected: dict[str, torch.Tensor], got: dict[str, torch.Tensor], file: Path) -> None:
+    missing = sorted(set(expected) - set(got))
+    unexpected = sorted(set(got) - set(expected))
+    if missing or unexpected:
+        raise ValueError(
+            f"{file}: weights do not match the network in config.json "
+            f"(missing {missing[:5]}{'...' if len(missing) > 5 else ''}, "
+            f"unexpected {unexpected[:5]}{'...' if len(unexpected) > 5 else ''})"
+        )
+    for k, v in expected.items():
+        if tuple(got[k].shape) != tuple(v.shape):
+            raise ValueError(f"{file}: weight {k!r} has shape {tuple(got[k].shape)}, the network expects {tuple(v.shape)}")
+
+
+def load_checkpoint(
+    directory: str | os.PathLike,
+    map_location: str | torch.device = "cpu",
+    prediction_type: str | None = None,
+) -> Checkpoint:
+    """Rebuild network + schedule + parameterization and load the weights (no code executed).
+
+    ``prediction_type``, if given, must equal the checkpoint's (a model trained for eps cannot be
+    loaded as a v-model; ask the wrapper for another prediction instead).
+    """
+    directory = Path(directory)
+    cfg = _read_config(directory)
+    file = directory / CONFIG
+    if prediction_type is not None and prediction_type not in PREDICTION_TYPES:
+        raise ValueError(f"prediction_type: expected one of {PREDICTION_TYPES}, got {prediction_type!r}")
+    if prediction_type is not None and cfg["prediction_type"] != prediction_type:
+        raise ValueError(
+            f"{file}: checkpoint predicts {cfg['prediction_type']!r}, but {prediction_type!r} was requested"
+        )
+    if cfg["network"].get("type") != "monai.DiffusionModelUNet":
+        raise ValueError(f"{file}: unknown network type {cfg['network'].get('type')!r}")
+    try:
+        net_cfg = UNetConfig.from_dict(cfg["network"]["config"])
+        schedule = schedule_from_dict(cfg["schedule"])
+    except (ValueError, KeyError, TypeError) as exc:
+        raise ValueError(f"{file}: invalid network/schedule config ({exc})") from None
+    net = build_unet(net_cfg)
+    model = DiffusionModel(net, schedule, cfg["prediction_type"], network_config=net_cfg)
+    expected = net.state_dict()
+    files = cfg["files"]
+
+    wfile = directory / files.get("model", "model.safetensors")
+    weights = _load_tensors(wfile, "cpu")
+    _check_state(expected, weights, wfile)
+    net.load_state_dict(weights)
+    net.to(map_location)
+
+    ema = None
+    if "ema" in files:
+        efile = directory / files["ema"]
+        ema = _load_tensors(efile, map_location)
+        _check_state(expected, ema, efile)
+    optimizer = None
+    if "optimizer" in files:
+        ofile = directory / files["optimizer"]
+        if "optimizer" not in cfg:
+            raise ValueError(f"{file}: optimizer tensors listed but no 'optimizer' entry")
+        optimizer = _optimizer_join(_load_tensors(ofile, map_location), cfg["optimizer"], ofile)
+    rng = _load_tensors(directory / files["rng"], "cpu") if "rng" in files else {}
+    return Checkpoint(
+        model=model, network_config=net_cfg, step=int(cfg.get("step", 0)), ema=ema,
+        optimizer=optimizer, rng=rng, timestep_shifts=cfg.get("timestep_shifts"),
+        extra=cfg.get("extra", {}), path=directory,
+    )
+
+
+def load_model(
+    directory: str | os.PathLike,
+    map_location: str | torch.device = "cpu",
+    prediction_type: str | None = None,
+    use_ema: bool = True,
+) -> DiffusionModel:
+    """The model ready for sampling: EMA weights when saved (and ``use_ema``), in eval mode."""
+    ck = load_checkpoint(directory, map_location, prediction_type)
+    if use_ema and ck.ema is not None:
+        ck.model.net.load_state_dict(ck.ema)
+    return ck.model.eval()

@@ -1,0 +1,388 @@
+"""Training loop for diffusion priors: eps / v objectives (VP) and denoising score matching (VE).
+
+Objectives (x_t = alpha_t x0 + sigma_t z, z standard normal per real channel):
+
+- ``"eps"``  (Ho et al., NeurIPS 2020, Eq. 14): ||f(x_t, t) - z||^2, t uniform over the N
+  discrete training timesteps.
+- ``"v"``    (Salimans & Ho, ICLR 2022, Sec. 4): ||f(x_t, t) - (alpha_t z - sigma_t x0)||^2.
+- ``"score"`` (Song et al., ICLR 2021, Eq. 7, VE-SDE, weight lambda = sigma^2):
+  sigma^2 ||s(x_t) + z / sigma||^2 = ||f + z||^2 with f = sigma * s (``scale_by_sigma``);
+  t uniform on [0, 1] of the VE schedule's time.
+
+Complex images are noised per real channel (real and imaginary parts each get N(0, 1) noise),
+so a complex x_T for sampling is ``randn(..., 2)`` viewed as complex -- the same as a 2-channel
+real DDPM.
+
+Reproducibility and resumption: all randomness at step k (batch indices, t, z) comes from a
+generator seeded by (seed, rank, k), so resuming from a checkpoint (model, EMA, optimizer, step)
+continues bit-for-bit like the uninterrupted run.  Checkpoints go to ``out_dir/step-XXXXXXXX/``
+(``medrecon.models.checkpoint``); ``out_dir/log.jsonl`` logs losses.
+
+Multi-GPU: launch with ``torchrun --nproc_per_node=G -m medrecon.cli.main train ...`` (or call
+``train`` from a script run by torchrun).  ``train`` detects ``WORLD_SIZE``/``RANK``/
+``LOCAL_RANK``, initialises the process group (NCCL on CUDA, gloo otherwise), wraps the network in
+``DistributedDataParallel``, gives every rank its own batches, and lets rank 0 alone write
+checkpoints, logs and sample grids.  ``batch_size`` is per rank.
+"""
+from __future__ import annotations
+
+import copy
+import json
+import os
+import re
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Callable
+
+import numpy as np
+import torch
+import torch.nn as nn
+
+from .checkpoint import load_checkpoint, save_checkpoint
+from .networks import UNetConfig, build_unet, preset
+from .wrapper import DiffusionModel, is_ve
+
+__all__ = ["EMA", "TrainResult", "train", "OBJECTIVES", "latest_checkpoint", "step_generator"]
+
+OBJECTIVES = {"eps": "eps", "v": "v", "score": "score"}  # objective -> prediction type
+_CKPT = re.compile(r"^step-(\d{8})$")
+
+
+class EMA:
+    """Exponential moving average of a module's floating-point state:
+    shadow <- decay * shadow + (1 - decay) * current  (integer buffers are copied)."""
+
+    def __init__(self, module: nn.Module, decay: float) -> None:
+        if not 0.0 <= decay < 1.0:
+            raise ValueError(f"ema_decay: expected 0 <= decay < 1, got {decay}")
+        self.decay = float(decay)
+        self.shadow = {k: v.detach().clone() for k, v in module.state_dict().items()}
+
+    @torch.no_grad()
+    def update(self, module: nn.Module) -> None:
+        for k, v in module.state_dict().items():
+            s = self.shadow[k]
+            if s.is_floating_point():
+                s.mul_(self.decay).add_(v.detach(), alpha=1.0 - self.decay)
+            else:
+                s.copy_(v)
+
+    def state_dict(self) -> dict[str, torch.Tensor]:
+        return self.shadow
+
+    def load_state_dict(self, state: dict[str, torch.Tensor]) -> None:
+        for k, v in state.items():
+            self.shadow[k].copy_(v)
+
+
+@dataclass
+class TrainResult:
+    model: DiffusionModel
+    ema: EMA | None
+    step: int
+    losses: list[float] = field(default_factory=list)
+    checkpoint: Path | None = None
+
+
+def step_generator(seed: int, rank: int, step: int, device: torch.device | str = "cpu") -> torch.Generator:
+    """The generator for one training step: depends only on (seed, rank, step)."""
+    state = np.random.SeedSequence([int(seed), int(rank), int(step)]).generate_state(1, dtype=np.uint64)[0]
+    g = torch.Generator(device=device)
+    g.manual_seed(int(state) & 0x7FFF_FFFF_FFFF_FFFF)
+    return g
+
+
+def latest_checkpoint(out_dir: str | os.PathLike) -> Path | None:
+    """The ``step-XXXXXXXX`` checkpoint with the highest step in ``out_dir`` (complete ones only)."""
+    out = Path(out_dir)
+    if not out.is_dir():
+        return None
+    found = [(int(m.group(1)), p) for p in out.iterdir() if (m := _CKPT.match(p.name)) and (p / "config.json").is_file()]
+    return max(found)[1] if found else None
+
+
+def _default_schedule(objective: str) -> Any:
+    from .schedules import VE, VPSchedule, make_betas
+
+    if objective == "score":
+        return VE(sigma_min=0.01, sigma_max=50.0)
+    return VPSchedule(make_betas("linear", 1000))
+
+
+def _to_model_input(batch: torch.Tensor, in_channels: int) -> torch.Tensor:
+    """Stacked dataset items -> complex [B, H, W] (2-channel nets) or real [B, C, H, W]."""
+    if batch.is_complex():
+        if batch.ndim == 4 and batch.shape[1] == 1:
+            batch = batch[:, 0]
+        if batch.ndim != 3:
+            raise ValueError(f"dataset: expected complex items [H, W], got batch {tuple(batch.shape)}")
+        return batch.to(torch.complex64)
+    if batch.ndim == 3 and in_channels == 1:
+        batch = batch[:, None]
+    if batch.ndim != 4 or batch.shape[1] != in_channels:
+        raise ValueError(
+            f"dataset: expected items [{in_channels}, H, W] (real) or [H, W] (complex), "
+            f"got batch {tuple(batch.shape)}"
+        )
+    batch = batch.float()
+    if in_channels == 2:
+        return torch.view_as_complex(batch.permute(0, 2, 3, 1).contiguous())
+    return batch
+
+
+def _randn_like(x: torch.Tensor, g: torch.Generator) -> torch.Tensor:
+    if x.is_complex():
+        return torch.view_as_complex(torch.randn(*x.shape, 2, generator=g, device=x.device))
+    return torch.randn(x.shape, generator=g, device=x.device, dtype=x.dtype)
+
+
+def diffusion_loss(model: DiffusionModel, x0: torch.Tensor, objective: str, g: torch.Generator) -> torch.Tensor:
+    """One Monte-Carlo estimate of the training loss on a clean batch ``x0``."""
+    b = x0.shape[0]
+    sched = model.schedule
+    if objective == "score":
+        t = torch.rand(b, generator=g, device=x0.device)
+    else:
+        n = len(sched.alphas_cumprod)
+        t = torch.randint(0, n, (b,), generator=g, device=x0.device).float()
+    z = _randn_like(x0, g)
+    real = torch.float32 if x0.is_complex() else x0.dtype
+    a, s = model._coeffs(t, x0.ndim, real)
+    xt = a * x0 + s * z
+    out = model.raw(xt, t)
+    target = {"eps": z, "score": -z, "v": a * z - s * x0}[objective]
+    diff = out - target
+    diff = torch.view_as_real(diff) if diff.is_complex() else diff
+    return diff.float().pow(2).mean()
+
+
+def _dist_info() -> tuple[int, int, int]:
+    ws = int(os.environ.get("WORLD_SIZE", "1"))
+    return ws, int(os.environ.get("RANK", "0")), int(os.environ.get("LOCAL_RANK", "0"))
+
+
+def _save_grid(images: torch.Tensor, path: Path) -> None:
+    """Magnitude images [B, H, W] (or [B, C, H, W]) -> one PNG row, each scaled to [0, 255]."""
+    from PIL import Image
+
+    x = images.detach().cpu()
+    x = x.abs() if x.is_complex() else (x[:, 0] if x.ndim == 4 else x)
+    x = x.float()
+    lo = x.flatten(1).amin(1)[:, None, None]
+    hi = x.flatten(1).amax(1)[:, None, None]
+    x = ((x - lo) / (hi - lo).clamp_min(1e-12) * 255).round().to(torch.uint8)
+    grid = torch.cat(list(x), dim=1).numpy()
+    tmp = path.with_suffix(".tmp.png")
+    Image.fromarray(grid).save(tmp)
+    os.replace(tmp, path)
+
+
+def train(
+    model_or_config: DiffusionModel | UNetConfig | dict | str,
+    dataset: torch.utils.data.Dataset,
+    out_dir: str | os.PathLike,
+    *,
+    steps: int = 1000,
+    batch_size: int = 8,
+    lr: float = 2e-4,
+    objective: str = "eps",
+    schedule: Any = None,
+    ema_decay: float | None = 0.999,
+    grad_clip: float | None = 1.0,
+    mixed_precision: str = "no",
+    resume: bool = True,
+    overwrite: bool = False,
+    save_every: int | None = None,
+    keep: int = 2,
+    val_dataset: torch.utils.data.Dataset | None = None,
+    val_every: int = 0,
+    sampler: Callable[..., torch.Tensor] | None = None,
+    sample_every: int = 0,
+    num_samples: int = 4,
+    seed: int = 0,
+    device: str | torch.device | None = None,
+    progress: bool = True,
+) -> TrainResult:
+    """Train (or resume training) a diffusion prior; returns the model, its EMA and the losses.
+
+    ``model_or_config``: a ``DiffusionModel`` (its prediction type must match ``objective``), a
+    ``UNetConfig``/dict, or a preset name ("tiny", "small").  ``dataset[i]`` is a tensor
+    ``[C, H, W]`` (real; C = 2 means real/imag) or complex ``[H, W]``.  ``sampler(eps_fn, x_T)``
+    (e.g. ``functools.partial(medrecon.sample.sample, solver="ddim", steps=50, betas=...)``)
+    draws validation samples from the EMA model every ``sample_every`` steps, saved as
+    ``out_dir/samples-XXXXXXXX.png``.  ``steps`` is the total step count (a resumed run stops there).
+    """
+    if objective not in OBJECTIVES:
+        raise ValueError(f"objective: expected one of {sorted(OBJECTIVES)}, got {objective!r}")
+    if mixed_precision not in ("no", "bf16", "fp16"):
+        raise ValueError(f"mixed_precision: expected 'no', 'bf16' or 'fp16', got {mixed_precision!r}")
+    for name, val in (("steps", steps), ("batch_size", batch_size)):
+        if int(val) < 1:
+            raise ValueError(f"{name}: expected a positive integer, got {val}")
+    if len(dataset) == 0:
+        raise ValueError("dataset: is empty")
+    ws, rank, local_rank = _dist_info()
+    if device is None:
+        device = torch.device(f"cuda:{local_rank}") if torch.cuda.is_available() else torch.device("cpu")
+    device = torch.device(device)
+    if mixed_precision != "no" and device.type != "cuda":
+        raise ValueError(f"mixed_precision={mixed_precision!r} needs a CUDA device (got {device}); use 'no'")
+
+    # -- model ------------------------------------------------------------------------------
+    if isinstance(model_or_config, DiffusionModel):
+        model = model_or_config
+        net_cfg = getattr(model, "network_config", None)
+        if net_cfg is None:
+            raise ValueError("model_or_config: a DiffusionModel needs .network_config (UNetConfig) to be checkpointed")
+        if model.prediction_type != OBJECTIVES[objective]:
+            raise ValueError(f"objective {objective!r} trains a {OBJECTIVES[objective]!r} model, "
+                             f"but the model predicts {model.prediction_type!r}")
+    else:
+        net_cfg = preset(model_or_config) if isinstance(model_or_config, str) else (
+            model_or_config if isinstance(model_or_config, UNetConfig) else UNetConfig.from_dict(model_or_config))
+        schedule = schedule if schedule is not None else _default_schedule(objective)
+        model = DiffusionModel(build_unet(net_cfg, seed=seed), schedule, OBJECTIVES[objective], network_config=net_cfg)
+    if (objective == "score") != is_ve(model.schedule):
+        raise ValueError(f"objective {objective!r} needs a {'VE' if objective == 'score' else 'VP'} schedule")
+    model.net.to(device)
+
+    opt = torch.optim.AdamW(model.net.parameters(), lr=lr, weight_decay=0.0)
+    ema = EMA(model.net, ema_decay) if ema_decay else None
+    out = Path(out_dir)
+    start = 0
+    last = latest_checkpoint(out)
+    if last is not None and not resume and not overwrite:
+        raise FileExistsError(f"out_dir: {out} already holds checkpoints ({last.name}); pass resume=True "
+                              "to continue them or overwrite=True to replace them")
+    if last is not None and not resume:  # overwrite=True: this run replaces the old one
+        if rank == 0:
+            import shutil
+            for p in out.iterdir():
+                if _CKPT.match(p.name):
+                    shutil.rmtree(p)
+        last = None
+    if last is not None and resume:
+        ck = load_checkpoint(last, map_location=device, prediction_type=model.prediction_type)
+        if ck.network_config != net_cfg:
+            raise ValueError(f"{last}/config.json: network {ck.network_config} differs from the requested {net_cfg}")
+        model.net.load_state_dict(ck.model.net.state_dict())
+        if ck.optimizer is not None:
+            opt.load_state_dict(ck.optimizer)
+        if ema is not None and ck.ema is not None:
+            ema.load_state_dict(ck.ema)
+        start = ck.step
+
+    train_net: nn.Module = model.net
+    if ws > 1:
+        import torch.distributed as dist
+        from torch.nn.parallel import DistributedDataParallel
+
+        if not dist.is_initialized():
+            dist.init_process_group("nccl" if device.type == "cuda" else "gloo")
+        train_net = DistributedDataParallel(model.net, device_ids=[device.index] if device.type == "cuda" else None)
+    train_model = DiffusionModel(train_net, model.schedule, model.prediction_type)
+
+    amp_dtype = {"bf16": torch.bfloat16, "fp16": torch.float16}.get(mixed_precision)
+    scaler = torch.amp.GradScaler("cuda") if mixed_precision == "fp16" else None
+    main = rank == 0
+    if main:
+        out.mkdir(parents=True, exist_ok=True)
+    config = {"network": net_cfg, "objective": objective, "lr": lr, "batch_size": batch_size,
+              "ema_decay": ema_decay, "grad_clip": grad_clip, "seed": seed, "world_size": ws}
+
+    def checkpoint(step: int) -> Path | None:
+        if not main:
+            return None
+        path = save_checkpoint(out / f"step-{step:08d}", model, config, ema=ema.shadow if ema else None,
+                               step=step, optimizer=opt, overwrite=overwrite or resume)
+        done = sorted(p for p in out.iterdir() if _CKPT.match(p.name))
+        for old in done[:-keep] if keep > 0 else []:
+            if old != path:
+                import shutil
+                shutil.rmtree(old, ignore_errors=True)
+        return path
+
+    losses: list[float] = []
+    pbar = None
+    if progress and main and start < steps:
+        from tqdm.auto import tqdm
+        pbar = tqdm(total=steps, initial=start, desc="train", dynamic_ncols=True)
+    log = open(out / "log.jsonl", "a" if resume else "w") if main else None
+    last_path = last if start >= steps else None
+    try:
+        model.net.train()
+        for step in range(start, steps):
+            g = step_generator(seed, rank, step, device)
+            idx = torch.randint(0, len(dataset), (batch_size,), generator=g, device=device).tolist()
+            x0 = _to_model_input(torch.stack([torch.as_tensor(dataset[i]) for i in idx]).to(device), model.in_channels)
+            with torch.autocast(device.type, dtype=amp_dtype, enabled=amp_dtype is not None):
+                loss = diffusion_loss(train_model, x0, objective, g)
+            opt.zero_grad(set_to_none=True)
+            if scaler is not None:
+                scaler.scale(loss).backward()
+                scaler.unscale_(opt)
+            else:
+                loss.backward()
+            if grad_clip:
+                torch.nn.utils.clip_grad_norm_(model.net.parameters(), grad_clip)
+            if scaler is not None:
+                scaler.step(opt)
+                scaler.update()
+            else:
+                opt.step()
+            if ema is not None:
+                ema.update(model.net)
+            losses.append(float(loss.detach()))
+            done = step + 1
+            if pbar is not None:
+                pbar.update(1)
+                pbar.set_postfix(loss=f"{losses[-1]:.4f}")
+            record: dict[str, Any] = {"step": done, "loss": losses[-1]}
+            if val_dataset is not None and val_every and done % val_every == 0:
+                record["val_loss"] = validation_loss(model, val_dataset, objective, seed, batch_size, device)
+            if main and sampler is not None and sample_every and done % sample_every == 0:
+                _sample_grid(model, ema, sampler, x0, num_samples, seed, out / f"samples-{done:08d}.png")
+            if log is not None:
+                log.write(json.dumps(record) + "\n")
+            if save_every and done % save_every == 0 and done < steps:
+                checkpoint(done)
+        if start < steps:
+            last_path = checkpoint(steps)
+    finally:
+        if pbar is not None:
+            pbar.close()
+        if log is not None:
+            log.close()
+    model.net.eval()
+    return TrainResult(model=model, ema=ema, step=max(start, steps), losses=losses, checkpoint=last_path)
+
+
+@torch.no_grad()
+def validation_loss(model: DiffusionModel, dataset, objective: str, seed: int, batch_size: int,
+                    device: torch.device, max_items: int = 64) -> float:
+    """Mean training loss over (up to ``max_items`` of) ``dataset`` with fixed noise."""
+    was = model.net.training
+    model.net.eval()
+    g = step_generator(seed, 0, -1 & 0xFFFFFFFF, device)
+    n = min(len(dataset), max_items)
+    total, count = 0.0, 0
+    for i in range(0, n, batch_size):
+        x0 = _to_model_input(torch.stack([torch.as_tensor(dataset[j]) for j in range(i, min(n, i + batch_size))]).to(device),
+                             model.in_channels)
+        total += float(diffusion_loss(model, x0, objective, g)) * x0.shape[0]
+        count += x0.shape[0]
+    model.net.train(was)
+    return total / count
+
+
+@torch.no_grad()
+def _sample_grid(model, ema, sampler, like, num, seed, path: Path) -> None:
+    m = model
+    if ema is not None:
+        m = DiffusionModel(copy.deepcopy(model.net), model.schedule, model.prediction_type)
+        m.net.load_state_dict(ema.shadow)
+    m.net.eval()
+    g = step_generator(seed, 0, 0xFFFF_FFFE, like.device)
+    x_t = _randn_like(like[:1].expand(num, *like.shape[1:]).contiguous(), g)
+    _save_grid(sampler(m.eps_fn, x_t), path)
+    model.net.train()
