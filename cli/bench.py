@@ -19,6 +19,12 @@ def register(subparsers) -> None:
     op.add_argument("--json", action="store_true", help="print JSON rows instead of a table")
     op.set_defaults(func=_operators)
 
+    from medrecon import bench_solvers
+
+    sol = sub.add_parser("solvers", help="solver error vs NFE on the analytic Gaussian prior")
+    bench_solvers.add_arguments(sol)
+    sol.set_defaults(func=bench_solvers.main)
+
 
 def _parse_size(s: str):
     if s in ("brain", "knee"):

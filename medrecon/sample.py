@@ -1,19 +1,24 @@
 """``sample``: one entry point over the generic solvers, with diffusers' default time-step selection.
 
 What: ``sample(eps_fn, x_T, solver=..., steps=N, betas=...)`` runs the named solver from the VP state
-x_T (= sqrt(abar) x0 + sqrt(1 - abar) eps at the first selected timestep) to x_0, calling
+x_T (= sqrt(abar) x0 + sqrt(1 - abar) eps at the first selected timestep, see ``timesteps_for``)
+to x_0, calling
 ``eps_fn(x, t)`` with exactly the timesteps the diffusers scheduler of the same name would pass with
 its default config (so a model behaves identically under medrecon and diffusers):
 
 - ``ddpm``:  DDPMScheduler, "leading" spacing (t = k * (T // N)), fixed_small variance.
+(diffusers' DDPM/DDIM default ``clip_sample=True`` is NOT copied: no clipping here.)
 - ``ddim``:  DDIMScheduler, "leading" spacing, set_alpha_to_one=True, option ``eta`` (default 0).
 - ``pndm``:  PNDMScheduler, "leading" spacing, default skip_prk_steps=False (3 Runge-Kutta warm-up
-             steps of 4 calls each at t and t - T//N//2, then PLMS); option ``skip_prk_steps``.
+             steps of 4 calls each at t and t - T//N//2, then PLMS); options ``skip_prk_steps``,
+             ``set_alpha_to_one`` (default False as diffusers: the result sits at abar_0 of the
+             training table, ~1e-4 noise for linear betas, instead of exactly x_0).
 - ``dpm-solver++``: DPMSolverMultistepScheduler, "linspace" spacing over N + 1 points (last dropped),
              option ``order`` (2 = 2M default, 3 = 3M), lower_order_final=True, final sigma 0.
 - ``unipc``: UniPCMultistepScheduler (bh2, order 2, "linspace"), option ``variant`` in {bh1, bh2}.
 - ``euler`` / ``heun``: Euler/HeunDiscreteScheduler, "linspace" float timesteps, sigmas interpolated
-             linearly in sigma; x_T is rescaled to the sigma form inside; Heun calls the model
+             linearly in sigma; x_T is rescaled to the sigma form x sqrt(1 + sigma^2) inside
+             (diffusers' own ``init_noise_sigma`` is sigma_max, off by ~2e-5 relative); Heun calls the model
              2N - 1 times, the second stage at the next timestep (diffusers' repeated timesteps).
 
 No clipping of x0 (MRI images are complex, not in [-1, 1]).  Complex tensors work throughout; noise
@@ -27,7 +32,8 @@ import numpy as np
 import torch
 
 from medrecon.models.schedules import spacing
-from medrecon.solvers import ddim, ddpm, dpm_solver_pp, euler, heun
+from medrecon.solvers import ddim, ddpm, dpm_solver_pp, euler, heun, pndm, unipc
+from medrecon.solvers.pndm import pndm_timesteps
 
 SOLVERS = ("ddpm", "ddim", "pndm", "dpm-solver++", "unipc", "euler", "heun")
 
@@ -51,9 +57,12 @@ def euler_sigmas(alphas_cumprod: torch.Tensor, steps: int) -> tuple[np.ndarray, 
 
 
 def timesteps_for(solver: str, steps: int, n_train: int) -> torch.Tensor:
-    """The model-visible timesteps diffusers' default scheduler uses for ``solver`` (one per step)."""
-    if solver in ("ddpm", "ddim", "pndm"):
+    """The model-visible timesteps diffusers' default scheduler uses for ``solver`` (one per step;
+    for Heun, ``timesteps_for`` gives the N first-stage times and the second stage reuses the next)."""
+    if solver in ("ddpm", "ddim"):
         return spacing("leading", steps, n_train)
+    if solver == "pndm":  # one per model call (12 RK calls at the start), default skip_prk_steps=False
+        return torch.from_numpy(pndm_timesteps(steps, n_train)[0])
     if solver in ("dpm-solver++", "unipc"):
         return torch.from_numpy(np.linspace(0, n_train - 1, steps + 1).round()[::-1][:-1].copy().astype(np.int64))
     if solver in ("euler", "heun"):
@@ -85,10 +94,8 @@ def sample(eps_fn: Callable[[torch.Tensor, torch.Tensor], torch.Tensor], x_T: to
     if solver == "dpm-solver++":
         return dpm_solver_pp(eps_fn, x_T, timesteps_for(solver, steps, n_train), acp, **common, **solver_options)
     if solver == "pndm":
-        from medrecon.solvers.pndm import pndm
         return pndm(eps_fn, x_T, steps, acp, **common, **solver_options)
     if solver == "unipc":
-        from medrecon.solvers.unipc import unipc
         return unipc(eps_fn, x_T, timesteps_for(solver, steps, n_train), acp, **common, **solver_options)
     ts, sig = euler_sigmas(acp, steps)
     if solver == "euler":

@@ -37,13 +37,16 @@ def _center_crop(x: torch.Tensor, size: tuple[int, int]) -> torch.Tensor:
 def _check_args(kspace, calib_width, kernel_width, thresh, crop):
     check_complex(kspace, "kspace", min_dim=3)
     H, W = kspace.shape[-2:]
-    if not isinstance(calib_width, int) or calib_width < 1 or calib_width > min(H, W):
+    cw = (calib_width, calib_width) if isinstance(calib_width, int) else tuple(calib_width)
+    if len(cw) != 2 or not all(isinstance(c, int) and c >= 1 for c in cw) or cw[0] > H \
+            or cw[1] > W:
         raise ValueError(
-            f"calib_width must be an int in [1, min(H, W)] = [1, {min(H, W)}], got {calib_width}"
+            f"calib_width must be an int in [1, min(H, W)] = [1, {min(H, W)}] or a pair "
+            f"(h <= {H}, w <= {W}), got {calib_width}"
         )
-    if not isinstance(kernel_width, int) or kernel_width < 1 or kernel_width > calib_width:
+    if not isinstance(kernel_width, int) or kernel_width < 1 or kernel_width > min(cw):
         raise ValueError(
-            f"kernel_width must be an int in [1, calib_width={calib_width}], got {kernel_width}"
+            f"kernel_width must be an int in [1, calib_width={min(cw)}], got {kernel_width}"
         )
     if not 0 <= thresh < 1:
         raise ValueError(f"thresh must be in [0, 1), got {thresh}")
@@ -51,15 +54,17 @@ def _check_args(kspace, calib_width, kernel_width, thresh, crop):
         raise ValueError(f"crop must be in [0, 1), got {crop}")
     if not torch.isfinite(torch.view_as_real(kspace)).all():
         raise ValueError("kspace contains NaN or Inf")
+    return cw
 
 
-def _gram_kspace(kspace: torch.Tensor, calib_width: int, kw: int, thresh: float) -> torch.Tensor:
+def _gram_kspace(kspace: torch.Tensor, calib_width: tuple[int, int], kw: int,
+                 thresh: float) -> torch.Tensor:
     """Per-batch coil cross-correlation of the retained ESPIRiT kernels, ``[..., C, C, L, L]``.
 
     ``L = 2 kw - 1``; the zero shift sits at index ``kw - 1``.
     """
     C = kspace.shape[-3]
-    calib = _center_crop(kspace, (calib_width, calib_width)).to(torch.complex128)
+    calib = _center_crop(kspace, calib_width).to(torch.complex128)
     # Hankel calibration matrix: rows are kw x kw x C neighbourhoods (SigPy's array_to_blocks)
     blocks = calib.unfold(-2, kw, 1).unfold(-2, kw, 1)  # [..., C, nb, nb, kw, kw]
     nb = blocks.shape[-3] * blocks.shape[-4]
@@ -86,14 +91,15 @@ def espirit(
 ):
     """ESPIRiT sensitivity maps ``[..., C, H, W]`` from k-space ``[..., C, H, W]``.
 
-    The central ``calib_width x calib_width`` block must be fully sampled.  ``thresh`` keeps
+    The central ``calib_width x calib_width`` block (or ``(h, w)`` block, e.g. all readout rows
+    by the ACS columns of a 1-D mask) must be fully sampled.  ``thresh`` keeps
     kernels with singular value > thresh * max; ``crop`` zeroes maps whose eigenvalue is <= crop.
     With ``return_eigenvalue`` also returns the leading eigenvalue map ``[..., H, W]``.
     """
-    _check_args(kspace, calib_width, kernel_width, thresh, crop)
+    cw = _check_args(kspace, calib_width, kernel_width, thresh, crop)
     *lead, C, H, W = kspace.shape
     kw = kernel_width
-    gram = _gram_kspace(kspace, calib_width, kw, thresh).to(kspace.dtype)
+    gram = _gram_kspace(kspace, cw, kw, thresh).to(kspace.dtype)
     L = 2 * kw - 1
     canvas = torch.zeros(*lead, C, C, H, W, dtype=kspace.dtype, device=kspace.device)
     h0, w0 = H // 2 - (kw - 1), W // 2 - (kw - 1)

@@ -9,5 +9,7 @@ from .ddim import ddim
 from .ddpm import ddpm
 from .dpm_solver import dpm_solver_pp
 from .euler import euler, heun
+from .pndm import pndm, pndm_timesteps
+from .unipc import unipc
 
-__all__ = ["predict_x0", "ddim", "ddpm", "dpm_solver_pp", "euler", "heun"]
+__all__ = ["predict_x0", "ddim", "ddpm", "dpm_solver_pp", "euler", "heun", "pndm", "pndm_timesteps", "unipc"]

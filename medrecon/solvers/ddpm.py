@@ -22,7 +22,7 @@ def ddpm(eps_fn, x, timesteps, alphas_cumprod, *, dc=None, callback=None, genera
         prev_timesteps = [t - n_train // len(ts) for t in ts]
     for i, (t, tp) in enumerate(zip(ts, prev_timesteps)):
         a, ap = acp_at(alphas_cumprod, t), acp_at(alphas_cumprod, int(tp))
-        tt = torch.tensor(t)
+        tt = torch.tensor(t, device=x.device)
         x0, _ = predict_x0(eps_fn, x, x, tt, math.sqrt(a), math.sqrt(1 - a), dc)
         cur_alpha = a / ap
         cur_beta = 1 - cur_alpha

@@ -29,7 +29,7 @@ def dpm_solver_pp(eps_fn, x, timesteps, alphas_cumprod, *, order: int = 2, lower
     lam = [math.log(a / s) if s > 0 else math.inf for a, s in zip(al, si)]
     hist: list[torch.Tensor] = []
     for i, t in enumerate(ts):
-        tt = torch.tensor(t)
+        tt = torch.tensor(t, device=x.device)
         x0, _ = predict_x0(eps_fn, x, x, tt, al[i], si[i], dc)
         hist = (hist + [x0])[-3:]
         last = i == n - 1

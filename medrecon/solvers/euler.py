@@ -26,7 +26,7 @@ def euler(eps_fn, x, timesteps, sigmas, *, dc=None, callback=None, generator=Non
     s = [float(v) for v in sigmas]
     z = x * math.sqrt(1 + s[0] ** 2)
     for i, t in enumerate(timesteps):
-        tt = torch.as_tensor(t)
+        tt = torch.as_tensor(t).to(x.device)
         x0 = _x0(eps_fn, z, tt, s[i], dc)
         z = z + (s[i + 1] - s[i]) * ((z - x0) / s[i])
         if callback is not None:
@@ -38,7 +38,7 @@ def heun(eps_fn, x, timesteps, sigmas, *, dc=None, callback=None, generator=None
     """Heun over ``sigmas`` [n + 1] (trailing 0); ``timesteps`` [n] map each sigmas[i] (i < n) to the
     model's time.  2n - 1 model calls."""
     s = [float(v) for v in sigmas]
-    ts = [torch.as_tensor(t) for t in timesteps]
+    ts = [torch.as_tensor(t).to(x.device) for t in timesteps]
     z = x * math.sqrt(1 + s[0] ** 2)
     for i in range(len(ts)):
         x0 = _x0(eps_fn, z, ts[i], s[i], dc)
