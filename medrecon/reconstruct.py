@@ -44,27 +44,18 @@ class ReconResult:
 
 
 def acs_width(mask: torch.Tensor) -> int:
-    """Number of contiguous fully sampled central columns (1-D masks) or the side of the
-    largest fully sampled centred square (2-D masks), for all masks in a batch."""
+    """Side of the largest fully sampled *centred* block (start ``n//2 - m//2``, the crop used
+    by ESPIRiT and SPIRiT calibration): columns for 1-D masks, a square for 2-D masks, over all
+    masks of a batch."""
     m = mask.to(torch.bool)
-    m = m.reshape(-1, m.shape[-2], m.shape[-1])
-    H, W = m.shape[-2:]
-    if H == 1:
-        cols = m[:, 0, :].all(0)
-        c = W // 2
-        if not cols[c]:
-            return 0
-        lo, hi = c, c
-        while lo - 1 >= 0 and cols[lo - 1]:
-            lo -= 1
-        while hi + 1 < W and cols[hi + 1]:
-            hi += 1
-        return hi - lo + 1
-    full = m.all(0)
+    m = m.reshape(-1, m.shape[-2], m.shape[-1]).all(0)
+    H, W = m.shape
+    column = H == 1
     best = 0
-    for n in range(1, min(H, W) + 1):
-        h0, w0 = H // 2 - n // 2, W // 2 - n // 2
-        if not full[h0:h0 + n, w0:w0 + n].all():
+    for n in range(1, (W if column else min(H, W)) + 1):
+        w0 = W // 2 - n // 2
+        block = m[:, w0:w0 + n] if column else m[H // 2 - n // 2:H // 2 - n // 2 + n, w0:w0 + n]
+        if not block.all():
             break
         best = n
     return best
