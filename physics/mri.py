@@ -78,6 +78,7 @@ class SingleCoilMRI:
             self._cw, _ = modulation((W,), self.mask.device)
 
     def _check(self, x: torch.Tensor, name: str) -> None:
+        check_complex(x, name, min_dim=2)
         if x.shape[-2:] != self.shape:
             raise ValueError(f"{name} must end in {self.shape}, got shape {tuple(x.shape)}")
 
@@ -153,6 +154,7 @@ class MultiCoilMRI:
             self._smc = smaps.conj().resolve_conj()
 
     def _check(self, x: torch.Tensor, name: str, coil: bool) -> None:
+        check_complex(x, name, min_dim=2)
         if x.shape[-2:] != self.shape or (coil and (x.ndim < 3 or x.shape[-3] != self.ncoils)):
             want = f"[..., {self.ncoils}, {self.shape[0]}, {self.shape[1]}]" if coil else \
                 f"[..., {self.shape[0]}, {self.shape[1]}]"

@@ -169,3 +169,8 @@ def test_bad_inputs_are_named():
         A.forward(_c((16, 10), 63))
     with pytest.raises(ValueError, match="shape=\\(H, W\\) is required"):
         SingleCoilMRI(torch.ones(1, 12, dtype=torch.bool))
+    with pytest.raises(ValueError, match="x must be a complex"):
+        A.normal(torch.randn(16, 12))
+    with pytest.raises(ValueError, match="y must be a complex"):
+        SingleCoilMRI(torch.ones(1, 12, dtype=torch.bool), shape=(16, 12)).adjoint(
+            torch.randn(16, 12))
