@@ -28,6 +28,8 @@ import h5py
 import numpy as np
 import torch
 
+from medrecon.datasets.permissions import public_mode
+
 __all__ = ["ISMRMRDHeader", "FastMRIFile", "make_ismrmrd_header", "parse_ismrmrd_header",
            "write_fastmri", "write_reconstruction", "center_crop", "atomic_h5"]
 
@@ -259,6 +261,7 @@ class atomic_h5:
     def __exit__(self, exc_type, exc, tb):
         self._h5.close()
         if exc_type is None:
+            public_mode(self._tmp)
             os.replace(self._tmp, self.path)
         else:
             os.unlink(self._tmp)

@@ -1,5 +1,6 @@
 """fastMRI HDF5: lossless round trips, fastMRI's own reader on our files, lazy slices, errors."""
 import os
+from pathlib import Path
 
 import h5py
 import numpy as np
@@ -152,3 +153,24 @@ def test_writers_never_overwrite_and_leave_no_temp(tmp_path):
     with pytest.raises(ValueError, match=r"\[slices, rx, ry\]"):
         write_reconstruction(tmp_path / "bad.h5", np.ones((4, 4)))
     assert sorted(os.listdir(tmp_path)) == ["r.h5", "x.h5"]  # no temporary files left
+
+
+def test_outputs_get_umask_permissions(tmp_path):
+    """Temp files are 0600 while written; finished outputs are readable like any other file."""
+    import os
+    import stat
+
+    from medrecon.datasets.dicom import write_dicom_series
+    from medrecon.datasets.nifti import write_nifti
+
+    old = os.umask(0o022)
+    try:
+        h5 = write_fastmri(tmp_path / "k.h5", np.zeros((1, 2, 8, 8), np.complex64))
+        nii = write_nifti(np.zeros((2, 4, 4), np.float32), tmp_path / "v.nii.gz", np.eye(4))
+        dcm = write_dicom_series(np.ones((2, 4, 4), np.float32), tmp_path / "dcm",
+                                 affine=np.eye(4), modality="MR")
+    finally:
+        os.umask(old)
+    for p in (h5, nii, *Path(dcm).iterdir()):
+        assert stat.S_IMODE(os.stat(p).st_mode) == 0o644, p
+    assert stat.S_IMODE(os.stat(dcm).st_mode) == 0o755
