@@ -5,9 +5,9 @@ mixed with per-tissue HU (air -1000, fat -100, CSF 8, WM 28, GM 40, skin 40, bon
 jittered per volume), set to air outside the scanner's circular FOV.
 
 Projections: HU -> linear attenuation ``mu = mu_water (1 + HU / 1000)`` (per mm, clipped at 0);
-line integrals ``p = radon(mu) * pixel_size_mm`` with scikit-image's ``radon`` (``circle=True``,
-angles in [0, 180)).  This is the scikit-image *reference* projector; the toolkit's own CT
-projector (with its matched backprojector) arrives with the CT issue.
+line integrals ``p = A mu`` with the toolkit's parallel-beam projector
+(`medrecon.physics.ParallelBeam`, scikit-image's geometry: equal to ``radon(mu, circle=True) *
+pixel_size_mm`` to float64 rounding, batched over slices), angles in [0, 180).
 
 Low dose: detected counts ``N = Poisson(I0 exp(-p)) + Normal(0, sigma_e^2)`` (electronic noise),
 clipped to ``N >= eps`` (default 1 photon, so the log is finite; this caps ``p`` at
@@ -30,8 +30,11 @@ from pathlib import Path
 import h5py
 import numpy as np
 
+import torch
+
 from medrecon.datasets.anatomy import TISSUES, random_tissue_slices
 from medrecon.datasets.fastmri import atomic_h5
+from medrecon.physics.ct import MU_WATER, ParallelBeam, hu_to_mu
 
 __all__ = ["HU", "MU_WATER", "tissues_to_hu", "hu_to_mu", "circle_mask", "line_integrals",
            "lowdose_sinogram", "simulate_ct_volume", "simulate_ct_dataset", "write_ct",
@@ -39,7 +42,6 @@ __all__ = ["HU", "MU_WATER", "tissues_to_hu", "hu_to_mu", "circle_mask", "line_i
 
 HU = {"air": -1000.0, "csf": 8.0, "gm": 40.0, "wm": 28.0, "bone": 1000.0, "fat": -100.0,
       "skin": 40.0}
-MU_WATER = 0.0192  # 1/mm, water at ~70 keV effective energy
 FORMAT = "medrecon-ct-sim"
 
 
@@ -55,11 +57,6 @@ def tissues_to_hu(maps: np.ndarray, table: dict | None = None) -> np.ndarray:
     return (hu + (1.0 - frac.sum(-1)) * table["air"]).astype(np.float32)
 
 
-def hu_to_mu(hu, mu_water: float = MU_WATER) -> np.ndarray:
-    """Linear attenuation (1/mm) ``mu_water (1 + HU/1000)``, clipped at 0 (air)."""
-    return np.clip(mu_water * (1.0 + np.asarray(hu, np.float64) / 1000.0), 0, None)
-
-
 def circle_mask(n: int) -> np.ndarray:
     """The pixels scikit-image's ``radon(circle=True)`` sees (the inscribed circle)."""
     y, x = np.ogrid[:n, :n]
@@ -68,13 +65,12 @@ def circle_mask(n: int) -> np.ndarray:
 
 def line_integrals(mu: np.ndarray, angles_deg, pixel_size_mm: float) -> np.ndarray:
     """Parallel-beam line integrals ``[S, n_angles, N]`` of ``mu [S, N, N]`` (1/mm)."""
-    from skimage.transform import radon
-
     mu = np.asarray(mu, np.float64)
     if mu.ndim != 3 or mu.shape[1] != mu.shape[2]:
         raise ValueError(f"mu must be [slices, N, N] (square), got shape {mu.shape}")
-    return np.stack([radon(m, theta=np.asarray(angles_deg, np.float64), circle=True,
-                           preserve_range=True).T * pixel_size_mm for m in mu])
+    geom = ParallelBeam(mu.shape[-1], np.deg2rad(np.asarray(angles_deg, np.float64)),
+                        detector_spacing=pixel_size_mm, pixel_size=pixel_size_mm)
+    return geom.forward(torch.from_numpy(mu)).numpy()
 
 
 def lowdose_sinogram(p: np.ndarray, i0: float, sigma_e: float, rng: np.random.Generator,
@@ -111,7 +107,7 @@ def simulate_ct_volume(n_slices: int = 4, size: int = 256, n_angles: int = 360,
     attrs = {"angles_deg": angles, "I0": float(i0), "sigma_e": float(sigma_e), "eps": float(eps),
              "pixel_size_mm": float(geo["pixel_mm"]), "mu_water": float(mu_water),
              "slice_thickness_mm": float(geo["thickness_mm"]), "geometry": "parallel",
-             "projector": "skimage.transform.radon(circle=True)", "source": geo["source"],
+             "projector": "medrecon.physics.ParallelBeam(circle=True)", "source": geo["source"],
              "sim_seed": int(seed)}
     return {"image_hu": hu, "mu": mu.astype(np.float32), "sinogram": sino.astype(np.float32),
             "sinogram_lowdose": low.astype(np.float32), "angles_deg": angles, "attrs": attrs}
