@@ -21,7 +21,9 @@ def register(subparsers) -> None:
 
     from medrecon import bench_solvers
 
-    sol = sub.add_parser("solvers", help="solver error vs NFE on the analytic Gaussian prior")
+    sol = sub.add_parser(
+        "solvers", help="solver error vs NFE (analytic prior, small trained U-Net) and DeepCache speed-up vs error",
+        description=(bench_solvers.__doc__ or "").split("\n\n")[0])
     bench_solvers.add_arguments(sol)
     sol.set_defaults(func=bench_solvers.main)
 

@@ -7,7 +7,9 @@ Data (``--data``):
   ``.npy`` (``allow_pickle=False``), ``.h5``/``.hdf5`` (dataset ``--key``, default the first
   one), holding complex images ``[N, H, W]`` or real ``[N, 2, H, W]`` (real/imag channels) /
   ``[N, H, W]`` real magnitudes (trained as complex with zero imaginary part);
-- a directory: read with ``medrecon.datasets.torch_datasets.ImageDataset(DIR)``.
+- a directory of fastMRI HDF5 files: read with ``medrecon.datasets.image_dataset.ImageDataset(DIR,
+  mode="complex")`` (SENSE-combined complex images, normalized by their 99th magnitude percentile;
+  ``--normalize`` applies to tensor files only).
 
 ``--normalize max`` (default) divides every image by its largest magnitude, so the data sit in
 the unit disc that the default noise schedules assume.
@@ -48,12 +50,12 @@ def load_images(path: str | Path, key: str | None = None, normalize: str = "max"
     if not path.exists():
         raise FileNotFoundError(f"--data: {path} does not exist")
     if path.is_dir():
-        try:
-            from medrecon.datasets.torch_datasets import ImageDataset
-        except ImportError:
-            raise ValueError(f"--data: {path} is a directory but medrecon.datasets.torch_datasets.ImageDataset "
-                             "is not available; pass a .pt/.npy/.h5 file of images [N, H, W]") from None
-        return ImageDataset(path)
+        from medrecon.datasets.image_dataset import ImageDataset
+
+        ds = ImageDataset(path, mode="complex")  # fastMRI HDF5 files: SENSE-combined complex images
+        if len(ds) == 0:
+            raise ValueError(f"--data: {path} holds no readable fastMRI HDF5 slices")
+        return ds
     suffix = path.suffix.lower()
     if suffix == ".pt":
         x = torch.load(path, map_location="cpu", weights_only=True)

@@ -18,7 +18,7 @@ from medrecon.metrics import evaluate, nmse, psnr, ssim
 from medrecon.pipeline import MaskSpec, reconstruct_file
 from medrecon.reconstruct import ReconResult, reconstruct
 from medrecon.registry import get_method, list_methods, register_method
-from medrecon.sample import SOLVERS, sample
+from medrecon.sample import SOLVERS, sample, solver_options, timesteps_for
 from medrecon.spirit_cg import spirit_cg
 from medrecon.testing import GaussianPrior
 
@@ -27,6 +27,6 @@ __version__ = "0.1.0"
 __all__ = [
     "reconstruct", "ReconResult", "reconstruct_file", "MaskSpec",
     "list_methods", "get_method", "register_method",
-    "sample", "SOLVERS", "GaussianPrior", "spirit_cg",
+    "sample", "SOLVERS", "solver_options", "timesteps_for", "GaussianPrior", "spirit_cg",
     "nmse", "psnr", "ssim", "evaluate", "__version__",
 ]

@@ -70,6 +70,28 @@ def timesteps_for(solver: str, steps: int, n_train: int) -> torch.Tensor:
     raise ValueError(f"solver: expected one of {SOLVERS}, got {solver!r}")
 
 
+_FUNCS = {"ddpm": ddpm, "ddim": ddim, "pndm": pndm, "dpm-solver++": dpm_solver_pp, "unipc": unipc,
+          "euler": euler, "heun": heun}
+
+
+def solver_options(solver: str) -> tuple[str, ...]:
+    """The keyword options ``sample`` accepts for ``solver`` (besides dc, generator, callback)."""
+    import inspect
+
+    if solver not in SOLVERS:
+        raise ValueError(f"solver: expected one of {SOLVERS}, got {solver!r}")
+    params = inspect.signature(_FUNCS[solver]).parameters.values()
+    return tuple(p.name for p in params if p.kind is p.KEYWORD_ONLY
+                 and p.name not in ("dc", "callback", "generator", "prev_timesteps"))
+
+
+def _check_options(solver: str, options: dict) -> None:
+    valid = solver_options(solver)
+    unknown = sorted(set(options) - set(valid))
+    if unknown:
+        raise ValueError(f"{solver}: unknown option(s) {unknown}; valid options: {list(valid) or 'none'}")
+
+
 def sample(eps_fn: Callable[[torch.Tensor, torch.Tensor], torch.Tensor], x_T: torch.Tensor,
            solver: str = "ddim", steps: int = 50, betas: Optional[torch.Tensor] = None, dc=None,
            generator: Optional[torch.Generator] = None, callback=None, **solver_options) -> torch.Tensor:
@@ -86,6 +108,7 @@ def sample(eps_fn: Callable[[torch.Tensor, torch.Tensor], torch.Tensor], x_T: to
     if not isinstance(x_T, torch.Tensor):
         raise ValueError("x_T: expected a torch.Tensor")
     steps = int(steps)
+    _check_options(solver, solver_options)
     common = {"dc": dc, "callback": callback, "generator": generator}
     if solver == "ddpm":
         return ddpm(eps_fn, x_T, timesteps_for(solver, steps, n_train), acp, **common, **solver_options)

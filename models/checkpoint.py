@@ -251,9 +251,14 @@ def load_checkpoint(
     file = directory / CONFIG
     if prediction_type is not None and prediction_type not in PREDICTION_TYPES:
         raise ValueError(f"prediction_type: expected one of {PREDICTION_TYPES}, got {prediction_type!r}")
+    if cfg["prediction_type"] not in PREDICTION_TYPES:
+        raise ValueError(f"{file}: unknown prediction type {cfg['prediction_type']!r}; expected one of "
+                         f"{PREDICTION_TYPES}")
     if prediction_type is not None and cfg["prediction_type"] != prediction_type:
         raise ValueError(
-            f"{file}: checkpoint predicts {cfg['prediction_type']!r}, but {prediction_type!r} was requested"
+            f"{file}: checkpoint predicts {cfg['prediction_type']!r}, but {prediction_type!r} was requested "
+            f"(the network was trained for {cfg['prediction_type']!r}; load it as such and ask the "
+            f"DiffusionModel for other predictions with .predict(kind, x, t))"
         )
     if cfg["network"].get("type") != "monai.DiffusionModelUNet":
         raise ValueError(f"{file}: unknown network type {cfg['network'].get('type')!r}")

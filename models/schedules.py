@@ -76,7 +76,10 @@ class VPSchedule:
         t = _as_t(t)
         n = self.num_train_timesteps
         if bool((t < -1).any()) or bool((t > n - 1).any()):
-            raise ValueError(f"t: expected timesteps in [-1, {n - 1}]")
+            raise ValueError(
+                f"t: timestep {float(t.max() if bool((t > n - 1).any()) else t.min()):g} is outside the "
+                f"training horizon: expected timesteps in [-1, {n - 1}] (the schedule has {n} training "
+                f"timesteps; sample with the model's own betas)")
         table = torch.cat([torch.ones(1, dtype=torch.float64), self.alphas_cumprod])
         pos = t + 1.0
         lo = pos.floor().clamp(0, n).long()

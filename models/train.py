@@ -1,6 +1,6 @@
 """Training loop for diffusion priors: eps / v objectives (VP) and denoising score matching (VE).
 
-Objectives (x_t = alpha_t x0 + sigma_t z, z standard normal per real channel):
+Objectives (x_t = alpha_t x0 + sigma_t z, z standard normal; CN(0, I) for complex images, see below):
 
 - ``"eps"``  (Ho et al., NeurIPS 2020, Eq. 14): ||f(x_t, t) - z||^2, t uniform over the N
   discrete training timesteps.
@@ -9,9 +9,12 @@ Objectives (x_t = alpha_t x0 + sigma_t z, z standard normal per real channel):
   sigma^2 ||s(x_t) + z / sigma||^2 = ||f + z||^2 with f = sigma * s (``scale_by_sigma``);
   t uniform on [0, 1] of the VE schedule's time.
 
-Complex images are noised per real channel (real and imaginary parts each get N(0, 1) noise),
-so a complex x_T for sampling is ``randn(..., 2)`` viewed as complex -- the same as a 2-channel
-real DDPM.
+Complex images are noised with circular complex Gaussian noise z ~ CN(0, I) (real and imaginary
+parts each N(0, 1/2), E|z|^2 = 1): the convention of the solvers' ancestral noise
+(``medrecon.solvers.base.noise_like``) and of the analytic prior (``medrecon.testing``), so a
+complex x_T for sampling is ``torch.randn(..., dtype=torch.complex64)`` and DDPM / DDIM(eta > 0)
+add noise of the variance the model was trained with.  Real images [B, C, H, W] get N(0, 1) per
+channel, as in diffusers.
 
 Reproducibility and resumption: all randomness at step k (batch indices, t, z) comes from a
 generator seeded by (seed, rank, k), so resuming from a checkpoint (model, EMA, optimizer, step)
@@ -131,8 +134,7 @@ def _to_model_input(batch: torch.Tensor, in_channels: int) -> torch.Tensor:
 
 
 def _randn_like(x: torch.Tensor, g: torch.Generator) -> torch.Tensor:
-    if x.is_complex():
-        return torch.view_as_complex(torch.randn(*x.shape, 2, generator=g, device=x.device))
+    # complex dtype: circular CN(0, I) (E|z|^2 = 1), the solvers' noise_like convention; real: N(0, 1)
     return torch.randn(x.shape, generator=g, device=x.device, dtype=x.dtype)
 
 
@@ -273,12 +275,16 @@ def train(
         start = ck.step
 
     train_net: nn.Module = model.net
+    own_group = False
     if ws > 1:
         import torch.distributed as dist
         from torch.nn.parallel import DistributedDataParallel
 
+        if device.type == "cuda":
+            torch.cuda.set_device(device)
         if not dist.is_initialized():
             dist.init_process_group("nccl" if device.type == "cuda" else "gloo")
+            own_group = True
         train_net = DistributedDataParallel(model.net, device_ids=[device.index] if device.type == "cuda" else None)
     train_model = DiffusionModel(train_net, model.schedule, model.prediction_type)
 
@@ -348,11 +354,19 @@ def train(
                 checkpoint(done)
         if start < steps:
             last_path = checkpoint(steps)
+        if own_group:
+            import torch.distributed as dist
+
+            dist.barrier()  # rank 0 has written the last checkpoint before any rank returns
     finally:
         if pbar is not None:
             pbar.close()
         if log is not None:
             log.close()
+        if own_group:
+            import torch.distributed as dist
+
+            dist.destroy_process_group()
     model.net.eval()
     return TrainResult(model=model, ema=ema, step=max(start, steps), losses=losses, checkpoint=last_path)
 

@@ -116,10 +116,23 @@ def spirit_calibrate(
     fro = torch.linalg.matrix_norm(sys, ord="fro")  # [..., C]
     reg = (lam * fro / (n - 1)).to(torch.float64)
     eye = torch.eye(n - 1, dtype=cdtype, device=a.device)
-    w = torch.linalg.solve(sys + reg[..., None, None] * eye, rhs)[..., 0]  # [..., C, n-1]
+    w = _hpd_solve(sys + reg[..., None, None] * eye, rhs)[..., 0]  # [..., C, n-1]
     full = torch.zeros(*lead, C, n, dtype=cdtype, device=a.device)
     full = full.scatter(-1, idx.expand(*lead, C, n - 1), w)
     return full.reshape(*lead, C, C, k, k).to(kspace.dtype)
+
+
+def _hpd_solve(m: torch.Tensor, rhs: torch.Tensor) -> torch.Tensor:
+    """Solve Hermitian positive (semi-)definite systems: Cholesky, least squares if singular.
+
+    Not ``torch.linalg.solve``: with torch 2.13's CPU build, LU solves (MKL ``getrf/getrs``)
+    fail or return wrong answers after ``torch.set_num_threads`` has changed the thread count,
+    while Cholesky and least squares are unaffected.  Cholesky is also the cheaper choice here.
+    """
+    chol, info = torch.linalg.cholesky_ex(m)
+    if bool((info == 0).all()):
+        return torch.cholesky_solve(rhs, chol)
+    return torch.linalg.lstsq(m, rhs).solution
 
 
 class SpiritOperator:

@@ -53,6 +53,8 @@ class DeepCacheUNet(nn.Module):
         for name in ("conv_in", "time_embed", "down_blocks", "middle_block", "up_blocks", "out"):
             if not hasattr(unet, name):
                 raise ValueError(f"unet: expected a MONAI DiffusionModelUNet (missing .{name})")
+        if getattr(unet, "num_class_embeds", None) is not None:
+            raise ValueError("unet: class-conditional DiffusionModelUNet (num_class_embeds) is not supported by DeepCache")
         levels = len(unet.down_blocks)
         if not 0 <= branch < levels:
             raise ValueError(f"branch: expected 0 <= branch < {levels} (number of U-Net levels), got {branch}")

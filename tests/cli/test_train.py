@@ -45,3 +45,15 @@ def test_train_command_rejects_bad_data(tmp_path, capsys):
     odd = _write(tmp_path, np.zeros((2, 15, 15), dtype=np.complex64), "odd.npy")
     assert main(["train", "--data", str(odd), "--out", str(tmp_path / "o"), "--steps", "1"]) == 2
     assert main(["train", "--data", str(tmp_path / "missing.npy"), "--out", str(tmp_path / "o")]) == 2
+
+
+def test_train_command_reads_a_fastmri_directory(tmp_path):
+    from medrecon.datasets.demo import make_demo_file
+
+    folder = tmp_path / "h5"
+    folder.mkdir()
+    make_demo_file(folder / "vol0.h5", n_slices=2, coils=4, size=(32, 32))
+    out = tmp_path / "run"
+    assert main(["train", "--data", str(folder), "--out", str(out), "--steps", "1", "--batch-size", "2",
+                 "--quiet"]) == 0
+    assert load_checkpoint(latest_checkpoint(out)).step == 1

@@ -122,3 +122,78 @@ def test_sampler_callback_writes_png_and_bad_arguments(tmp_path):
         train("tiny", data, tmp_path / "x", steps=1, objective="x0", progress=False)
     with pytest.raises(ValueError, match="dataset"):
         train("tiny", _DS(torch.randn(2, 3, H, H)), tmp_path / "x", steps=1, progress=False)
+
+
+def test_complex_training_noise_is_circular_like_the_solvers():
+    """Training noise for complex images is CN(0, I) (E|z|^2 = 1), the solvers' noise_like convention."""
+    from medrecon.models.train import _randn_like, step_generator
+    from medrecon.solvers.base import noise_like
+
+    x = torch.zeros(64, H, H, dtype=torch.complex64)
+    z = _randn_like(x, step_generator(0, 0, 0))
+    ref = noise_like(x, torch.Generator().manual_seed(0))
+    assert z.dtype == x.dtype
+    for v in (z, ref):
+        assert abs(v.abs().pow(2).mean().item() - 1.0) < 0.03
+        assert abs(v.real.var().item() - 0.5) < 0.02 and abs(v.imag.var().item() - 0.5) < 0.02
+
+
+def test_grad_clip_progress_bar_and_validation_loss(tmp_path, monkeypatch, capsys):
+    data = _DS(_images(4))
+    norms = []
+    real_clip = torch.nn.utils.clip_grad_norm_
+
+    def spy(params, max_norm, *a, **k):
+        norms.append(max_norm)
+        return real_clip(params, max_norm, *a, **k)
+
+    monkeypatch.setattr(torch.nn.utils, "clip_grad_norm_", spy)
+    train("tiny", data, tmp_path / "c", steps=3, batch_size=2, grad_clip=0.5, val_dataset=data, val_every=2,
+          progress=True)
+    assert norms == [0.5, 0.5, 0.5]
+    err = capsys.readouterr().err
+    assert "loss=" in err and "3/3" in err  # tqdm bar with the running loss
+    log = [json.loads(l) for l in (tmp_path / "c" / "log.jsonl").read_text().splitlines()]
+    assert "val_loss" in log[1] and "val_loss" not in log[0] and log[1]["val_loss"] > 0
+    norms.clear()
+    train("tiny", data, tmp_path / "n", steps=2, batch_size=2, grad_clip=None, progress=False)
+    assert norms == []
+
+
+@pytest.mark.slow
+def test_ddp_two_cpu_processes_with_torchrun(tmp_path):
+    """torchrun, 2 ranks, gloo on CPU: the run finishes, only rank 0 writes checkpoints and the log,
+    and both ranks end with the same weights (DistributedDataParallel averaged the gradients)."""
+    import os
+    import socket
+    import subprocess
+    import sys
+
+    import numpy as np
+
+    np.save(tmp_path / "x.npy", _images(4).numpy())
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    script = tmp_path / "ddp.py"
+    script.write_text(
+        "import os, sys, torch\n"
+        "from medrecon.cli.train import load_images\n"
+        "from medrecon.models.train import train\n"
+        "ds = load_images(sys.argv[1])\n"
+        "r = train('tiny', ds, sys.argv[2], steps=3, batch_size=2, seed=1, device='cpu', progress=False)\n"
+        "torch.save({k: v.clone() for k, v in r.model.net.state_dict().items()},\n"
+        "           os.path.join(sys.argv[3], f\"rank{os.environ['RANK']}.pt\"))\n")
+    out = tmp_path / "run"
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    proc = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--nproc_per_node=2",
+                           f"--master_port={port}", "--master_addr=127.0.0.1", str(script),
+                           str(tmp_path / "x.npy"), str(out), str(tmp_path)],
+                          capture_output=True, text=True, timeout=300, env=env)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    ck = load_checkpoint(latest_checkpoint(out))
+    assert ck.step == 3 and ck.extra["world_size"] == 2
+    assert len((out / "log.jsonl").read_text().splitlines()) == 3  # rank 0 only
+    w0, w1 = torch.load(tmp_path / "rank0.pt"), torch.load(tmp_path / "rank1.pt")
+    assert all(torch.equal(w0[k], w1[k]) for k in w0)
+    assert all(torch.equal(w0[k], ck.model.net.state_dict()[k]) for k in w0)

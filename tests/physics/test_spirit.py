@@ -218,3 +218,18 @@ def test_device_follows_inputs_on_cuda():
     assert kernel.device == op.image_kernel.device == op.normal(ifft2c(k)).device == k.device
     torch.testing.assert_close(kernel.cpu(), spirit_calibrate(k.cpu(), 8, 3), rtol=1e-4,
                                atol=1e-5)
+
+
+def test_calibration_survives_a_thread_count_change():
+    """torch 2.13 CPU: LU solves break after set_num_threads; calibration must not."""
+    acs = _c((4, 16, 16), 70)
+    before = spirit_calibrate(acs, 16, 5, lam=0.01)
+    n = torch.get_num_threads()
+    try:
+        torch.set_num_threads(1)
+        torch.randn(64, 64) @ torch.randn(64, 64)
+        torch.set_num_threads(max(n, 2))
+        after = spirit_calibrate(acs, 16, 5, lam=0.01)
+    finally:
+        torch.set_num_threads(n)
+    torch.testing.assert_close(after, before, rtol=1e-5, atol=1e-6)
