@@ -12,6 +12,8 @@ import nibabel as nib
 import numpy as np
 import pydicom
 import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
 from pydicom.data import get_testdata_file
 
 from medrecon.datasets.dicom import read_dicom_series, write_dicom_series
@@ -51,6 +53,20 @@ def test_round_trip_and_sidecar(tmp_path, name):
     assert raw.get_fdata()[6, 4, 2] == pytest.approx(vol[2, 4, 6])
     np.testing.assert_allclose(raw.affine @ [6, 4, 2, 1], [*voxel_to_world(aff, (2, 4, 6)), 1],
                                atol=1e-4)
+
+
+@settings(max_examples=15, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(shape=st.tuples(*(st.integers(1, 6),) * 3), seed=st.integers(0, 2**16),
+       dtype=st.sampled_from([np.float32, np.int16, np.uint8]), gz=st.booleans())
+def test_round_trip_property(tmp_path, shape, seed, dtype, gz):
+    """Any small volume and affine survive write -> read exactly (values, dtype-exact affine)."""
+    rng = np.random.default_rng(seed)
+    vol = (rng.standard_normal(shape) * 50).astype(dtype)
+    aff = _random_affine(seed)
+    p = tmp_path / f"p{seed}_{gz}.nii{'.gz' if gz else ''}"
+    r = read_nifti(write_nifti(vol, p, aff, overwrite=True, dtype=dtype))
+    np.testing.assert_array_equal(r.volume, vol.astype(np.float32))
+    np.testing.assert_allclose(r.affine, aff, atol=1e-4)
 
 
 def test_4d_and_2d_volumes(tmp_path):
