@@ -35,7 +35,8 @@ def cg(
 
     ``normal`` must be Hermitian positive semi-definite (e.g. A^H A + lam I).  ``ndim`` is the
     number of trailing dims that form one unknown (2 for an image [..., H, W]).  Stops after
-    ``max_iter`` iterations or once every system's residual norm is below ``tol * ||rhs||``.
+    ``max_iter`` iterations or once every system's residual norm is below ``tol * ||rhs||``; a
+    system whose residual reaches the working precision is frozen (also with ``tol=0``).
     """
     if max_iter < 0:
         raise ValueError(f"max_iter must be >= 0, got {max_iter}")
@@ -43,17 +44,22 @@ def cg(
     r = rhs - normal(x) if x0 is not None else rhs.clone()
     p = r.clone()
     rr = vdot(r, r, ndim).real
-    stop = (tol * tol) * vdot(rhs, rhs, ndim).real
+    # never iterate below the working precision: once ||r|| ~ eps ||rhs||, rounding leaves
+    # components in the null space of a semi-definite operator and CG would divide by ~0
+    floor = max(float(tol), 4 * torch.finfo(rr.dtype).eps)
+    stop = (floor * floor) * vdot(rhs, rhs, ndim).real
     tiny = torch.finfo(rr.dtype).tiny
     for it in range(max_iter):
         ap = normal(p)
         pap = vdot(p, ap, ndim).real
-        alpha = rr / pap.clamp_min(tiny)
-        alpha = torch.where(rr > stop, alpha, torch.zeros_like(alpha))
+        # a converged system (rr <= stop, or a direction with no curvature left: pap ~ 0, as
+        # when an exact solve is reached with tol=0) is frozen instead of dividing 0 by 0
+        live = (rr > stop) & (pap > tiny)
+        alpha = torch.where(live, rr / pap.clamp_min(tiny), torch.zeros_like(pap))
         x = x + alpha * p
         r = r - alpha * ap
         rr_new = vdot(r, r, ndim).real
-        beta = rr_new / rr.clamp_min(tiny)
+        beta = torch.where(live, rr_new / rr.clamp_min(tiny), torch.zeros_like(rr))
         p = r + beta * p
         rr = rr_new
         if callback is not None:

@@ -53,6 +53,7 @@ def register_method(name: str, options: type, description: str, needs_smaps: boo
 def _load_builtin() -> None:
     # importing these modules registers their methods
     from medrecon import baselines  # noqa: F401
+    from medrecon.posterior import methods  # noqa: F401
 
 
 def get_method(name: str) -> MethodSpec:

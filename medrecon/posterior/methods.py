@@ -1,0 +1,221 @@
+"""The posterior samplers as ``medrecon.reconstruct`` methods (importing this module registers them).
+
+Names: ``dds``, ``ddnm``, ``diffpir``, ``dps``, ``ccdf``, ``score-mri``.  No trained MRI prior ships
+yet, so every method takes a ``checkpoint`` option: the directory of a VP checkpoint written by
+``medrecon train`` / ``medrecon.models.checkpoint.save_checkpoint`` (EMA weights used when present).
+A complex (2-channel) network is required, except for ``score-mri``, which runs a real (1-channel)
+prior in its real/imaginary variant.
+
+Conventions: the operator is SENSE ``A = M F S`` with the given or ESPIRiT maps (``score-mri``:
+``variant="ssos"`` per-coil with RSS combination, no maps; ``"sense"`` needs ``smaps=``).  With
+``normalize=True`` each slice's k-space is divided by max |A^H y| (the zero-filled image's maximum,
+the scale the priors are trained at) and the image multiplied back, so ``sigma_n`` (diffpir) is in
+those units.  ``seed=None`` in ``reconstruct`` means seed 0 here: results are always reproducible.
+"""
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+
+from medrecon.physics.coils import rss
+from medrecon.physics.fft import ifft2c
+from medrecon.physics.mri import MultiCoilMRI
+from medrecon.registry import register_method
+
+from .ccdf import ccdf
+from .ddnm import ddnm, diffpir
+from .dds import dds
+from .dps import dps
+from .score_mri import score_mri, score_mri_ssos
+
+__all__ = ["DDSOptions", "DDNMOptions", "DiffPIROptions", "DPSOptions", "CCDFOptions", "ScoreMRIOptions",
+           "load_prior"]
+
+_CACHE: dict = {}
+
+
+def load_prior(checkpoint: str, device: torch.device, method: str):
+    """(model, betas) from a VP checkpoint directory, cached per (path, mtime, device)."""
+    if not checkpoint:
+        raise ValueError(f"method {method!r} needs the option checkpoint=<directory of a medrecon checkpoint "
+                         f"(config.json + model.safetensors)>: no trained MRI prior ships with medrecon yet; "
+                         f"train one with `medrecon train`")
+    path = Path(checkpoint)
+    if not (path / "config.json").is_file():
+        raise ValueError(f"method {method!r}: checkpoint {str(path)!r} is not a medrecon checkpoint directory "
+                         f"(expected {str(path / 'config.json')!r} and model.safetensors)")
+    key = (str(path.resolve()), os.path.getmtime(path / "config.json"), str(device))
+    if key not in _CACHE:
+        from medrecon.models.checkpoint import load_model
+
+        model = load_model(path, map_location=device).requires_grad_(False)
+        betas = getattr(model.schedule, "betas", None)
+        if betas is None:
+            raise ValueError(f"method {method!r}: checkpoint {str(path)!r} has a VE schedule; the posterior "
+                             f"samplers need a VP (discrete betas) prior")
+        _CACHE.clear()  # keep one model in memory
+        _CACHE[key] = (model, betas)
+    return _CACHE[key]
+
+
+def _eps(model, grad: bool = False):
+    """eps_fn on images [..., H, W] (complex, or real for a 1-channel prior) for the [B, H, W] wrapper."""
+    real = model.in_channels == 1
+
+    def f(x, t):
+        xb = x.reshape(-1, *x.shape[-2:])
+        xb = xb.unsqueeze(1) if real else xb
+        with torch.set_grad_enabled(grad and torch.is_grad_enabled()):
+            e = model.eps(xb, t)
+        return (e.squeeze(1) if real else e).reshape(x.shape)
+    return f
+
+
+def _setup(kspace, mask, smaps, opts, generator, method, need_complex=True):
+    if smaps is None:
+        raise ValueError(f"method {method!r} needs coil sensitivities (smaps)")
+    model, betas = load_prior(opts.checkpoint, kspace.device, method)
+    if need_complex and model.in_channels != 2:
+        raise ValueError(f"method {method!r}: checkpoint {opts.checkpoint!r} has {model.in_channels} input "
+                         f"channel(s); a complex-image (2-channel) prior is required")
+    A = MultiCoilMRI(smaps, mask)
+    scale = torch.ones(kspace.shape[:-3], device=kspace.device)
+    if opts.normalize:
+        scale = A.adjoint(kspace).abs().flatten(-2).amax(-1).clamp_min(torch.finfo(torch.float32).tiny)
+    y = kspace / scale[..., None, None, None]
+    gen = generator if generator is not None else torch.Generator(device=kspace.device).manual_seed(0)
+    return model, betas, A, y, scale[..., None, None], gen
+
+
+@dataclass
+class DDSOptions:
+    checkpoint: str = ""
+    steps: int = 50
+    gamma: float = 5.0
+    cg_iters: int = 5
+    eta: float = 0.85
+    solver: str = "ddim"
+    normalize: bool = True
+
+
+@register_method("dds", DDSOptions, "DDS: Tweedie + CG data step + DDIM (Chung et al. ICLR 2024); needs checkpoint=",
+                 needs_smaps=True, kind="diffusion")
+def _dds(kspace, mask, smaps, opts, generator):
+    model, betas, A, y, s, g = _setup(kspace, mask, smaps, opts, generator, "dds")
+    x, nfe = dds(_eps(model), A, y, betas, opts.steps, g, gamma=opts.gamma, cg_iters=opts.cg_iters,
+                 eta=opts.eta, solver=opts.solver)
+    return x * s, nfe
+
+
+@dataclass
+class DDNMOptions:
+    checkpoint: str = ""
+    steps: int = 100
+    eta: float = 0.85
+    cg_iters: int = 10
+    solver: str = "ddim"
+    normalize: bool = True
+
+
+@register_method("ddnm", DDNMOptions, "DDNM range-null-space projection + DDIM (Wang et al. ICLR 2023); "
+                 "needs checkpoint=", needs_smaps=True, kind="diffusion")
+def _ddnm(kspace, mask, smaps, opts, generator):
+    model, betas, A, y, s, g = _setup(kspace, mask, smaps, opts, generator, "ddnm")
+    x, nfe = ddnm(_eps(model), A, y, betas, opts.steps, g, eta=opts.eta, cg_iters=opts.cg_iters, solver=opts.solver)
+    return x * s, nfe
+
+
+@dataclass
+class DiffPIROptions:
+    checkpoint: str = ""
+    steps: int = 100
+    sigma_n: float = 0.0
+    lam: float = 1.0
+    zeta: float = 0.3
+    cg_iters: int = 10
+    normalize: bool = True
+
+
+@register_method("diffpir", DiffPIROptions, "DiffPIR proximal data step (Zhu et al. 2023); needs checkpoint=",
+                 needs_smaps=True, kind="diffusion")
+def _diffpir(kspace, mask, smaps, opts, generator):
+    model, betas, A, y, s, g = _setup(kspace, mask, smaps, opts, generator, "diffpir")
+    x, nfe = diffpir(_eps(model), A, y, betas, opts.steps, g, sigma_n=opts.sigma_n, lam=opts.lam,
+                     zeta=opts.zeta, cg_iters=opts.cg_iters)
+    return x * s, nfe
+
+
+@dataclass
+class DPSOptions:
+    checkpoint: str = ""
+    steps: int = 1000
+    zeta: float = 1.0
+    eta: float = 1.0
+    normalize: bool = True
+
+
+@register_method("dps", DPSOptions, "DPS: gradient through the network (Chung et al. ICLR 2023); needs checkpoint=",
+                 needs_smaps=True, kind="diffusion")
+def _dps(kspace, mask, smaps, opts, generator):
+    model, betas, A, y, s, g = _setup(kspace, mask, smaps, opts, generator, "dps")
+    x, nfe = dps(_eps(model, grad=True), A, y, betas, opts.steps, g, zeta=opts.zeta, eta=opts.eta)
+    return x * s, nfe
+
+
+@dataclass
+class CCDFOptions:
+    checkpoint: str = ""
+    steps: int = 100
+    t0: float = 0.2
+    init_cg_iters: int = 10
+    solver: str = "ddim"
+    eta: float = 0.0
+    dc: str = "project"
+    gamma: float = 5.0
+    cg_iters: int = 10
+    normalize: bool = True
+
+
+@register_method("ccdf", CCDFOptions, "CCDF: diffuse a CG-SENSE estimate to t0, run the last t0 N steps; "
+                 "needs checkpoint=", needs_smaps=True, kind="diffusion")
+def _ccdf(kspace, mask, smaps, opts, generator):
+    model, betas, A, y, s, g = _setup(kspace, mask, smaps, opts, generator, "ccdf")
+    extra = {"eta": opts.eta} if opts.solver == "ddim" else {}
+    x, nfe = ccdf(_eps(model), A, y, betas, opts.steps, g, t0=opts.t0, init_cg_iters=opts.init_cg_iters,
+                  solver=opts.solver, dc=opts.dc, gamma=opts.gamma, cg_iters=opts.cg_iters, **extra)
+    return x * s, nfe
+
+
+@dataclass
+class ScoreMRIOptions:
+    checkpoint: str = ""
+    steps: int = 1000
+    snr: float = 0.16
+    n_corrector: int = 1
+    variant: str = "ssos"
+    normalize: bool = True
+
+
+@register_method("score-mri", ScoreMRIOptions, "Score-MRI predictor-corrector with hard data consistency "
+                 "(Chung & Ye 2022); variant ssos (per coil, RSS) or sense; needs checkpoint=", kind="diffusion")
+def _score_mri(kspace, mask, smaps, opts, generator):
+    if opts.variant not in ("ssos", "sense"):
+        raise ValueError(f"score-mri option variant: expected 'ssos' or 'sense', got {opts.variant!r}")
+    kw = dict(snr=opts.snr, n_corrector=opts.n_corrector)
+    if opts.variant == "sense":
+        if smaps is None:
+            raise ValueError("score-mri variant 'sense' needs smaps= (or use variant='ssos')")
+        model, betas, A, y, s, g = _setup(kspace, mask, smaps, opts, generator, "score-mri", need_complex=False)
+        x, nfe = score_mri(_eps(model), A, y, betas, opts.steps, g, real_imag=model.in_channels == 1, **kw)
+        return x * s, nfe
+    model, betas = load_prior(opts.checkpoint, kspace.device, "score-mri")
+    s = torch.ones(kspace.shape[:-3], device=kspace.device)
+    if opts.normalize:
+        s = rss(ifft2c(kspace)).flatten(-2).amax(-1).clamp_min(torch.finfo(torch.float32).tiny)
+    g = generator if generator is not None else torch.Generator(device=kspace.device).manual_seed(0)
+    x, nfe = score_mri_ssos(_eps(model), mask, kspace / s[..., None, None, None], betas, opts.steps, g,
+                            real_imag=model.in_channels == 1, **kw)
+    return x * s[..., None, None], nfe
