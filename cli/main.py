@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import argparse
 import importlib
-import importlib.util
 import sys
 
 SUBCOMMANDS: list[str] = ["recon", "demo", "methods", "simulate", "train", "bench"]
@@ -22,8 +21,6 @@ def build_parser() -> argparse.ArgumentParser:
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
     sub.required = True
     for name in SUBCOMMANDS:
-        if importlib.util.find_spec(f"medrecon.cli.{name}") is None:
-            continue
         importlib.import_module(f"medrecon.cli.{name}").register(sub)
     return parser
 
