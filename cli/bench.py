@@ -16,6 +16,8 @@ def register(subparsers) -> None:
     op.add_argument("--acceleration", type=int, default=4)
     op.add_argument("--repeats", type=int, default=10)
     op.add_argument("--no-sigpy", action="store_true", help="skip the SigPy reference")
+    op.add_argument("--device", default="cpu", help="torch device, e.g. cuda (SigPy is CPU-only "
+                    "and skipped there)")
     op.add_argument("--json", action="store_true", help="print JSON rows instead of a table")
     op.set_defaults(func=_operators)
 
@@ -41,10 +43,19 @@ def _parse_size(s: str):
 def _operators(args) -> int:
     from medrecon.bench_operators import format_table, run
 
+    import torch
+
     if args.acceleration < 1:
         raise ValueError(f"--acceleration must be >= 1, got {args.acceleration}")
+    try:
+        device = torch.device(args.device)
+    except RuntimeError:
+        raise ValueError(f"--device: expected a torch device such as cpu or cuda, got "
+                         f"{args.device!r}") from None
+    if device.type == "cuda" and not torch.cuda.is_available():
+        raise ValueError("--device cuda: torch sees no CUDA device here")
     rows = run(sizes=[_parse_size(s) for s in args.sizes], acceleration=args.acceleration,
-               repeats=args.repeats, sigpy=not args.no_sigpy)
+               repeats=args.repeats, sigpy=not args.no_sigpy, device=args.device)
     if args.json:
         for r in rows:
             print(json.dumps({**asdict(r), "vs_fastmri": r.vs_fastmri, "vs_sigpy": r.vs_sigpy}))

@@ -24,12 +24,17 @@ from medrecon.physics.mri import MultiCoilMRI
 SIZES = {"brain": (16, 640, 320), "knee": (15, 640, 368)}
 
 
-def _timeit(fn, repeats: int) -> float:
+def _timeit(fn, repeats: int, device: torch.device | None = None) -> float:
+    """Best wall time of one call in ms; on CUDA each call is synchronized (queue drained)."""
+    cuda = device is not None and device.type == "cuda"
+    sync = torch.cuda.synchronize if cuda else (lambda: None)
     fn()
+    sync()
     best = float("inf")
     for _ in range(repeats):
         t0 = time.perf_counter()
         fn()
+        sync()
         best = min(best, time.perf_counter() - t0)
     return best * 1e3
 
@@ -107,8 +112,14 @@ def _steady_allocator() -> None:
 
 
 def run(sizes=("brain", "knee"), acceleration: int = 4, repeats: int = 5, seed: int = 0,
-        sigpy: bool = True) -> list[Row]:
-    """Time forward/adjoint/normal for each size; return one Row per (size, op)."""
+        sigpy: bool = True, device: str | torch.device = "cpu") -> list[Row]:
+    """Time forward/adjoint/normal for each size; return one Row per (size, op).
+
+    ``device``: where our operators and the fastMRI-style reference run (same tensors); SigPy
+    runs on the CPU (NumPy) and is skipped on other devices.
+    """
+    device = torch.device(device)
+    sigpy = sigpy and device.type == "cpu"
     fft2c, ifft2c, cmul, cconj = _fastmri_ops()
     _steady_allocator()
     rows = []
@@ -125,6 +136,8 @@ def run(sizes=("brain", "knee"), acceleration: int = 4, repeats: int = 5, seed: 
         cols[W // 2 - 12: W // 2 + 12] = True
         mask = cols.view(1, W)
         y = y * mask
+        smaps_cpu, x_cpu, y_cpu, mask_cpu = smaps, x, y, mask
+        smaps, x, y, mask = (t.to(device) for t in (smaps, x, y, mask))
         A = MultiCoilMRI(smaps, mask)
 
         s_r = torch.view_as_real(smaps).contiguous()
@@ -146,17 +159,17 @@ def run(sizes=("brain", "knee"), acceleration: int = 4, repeats: int = 5, seed: 
         if sigpy:
             import sigpy.mri
 
-            S = sigpy.mri.linop.Sense(smaps.numpy(), weights=mask.numpy().astype(np.float32)
-                                      .repeat(H, 0))
-            xn, yn = x.numpy(), y.numpy()
+            S = sigpy.mri.linop.Sense(smaps_cpu.numpy(),
+                                      weights=mask_cpu.numpy().astype(np.float32).repeat(H, 0))
+            xn, yn = x_cpu.numpy(), y_cpu.numpy()
             sp = {"forward": lambda: S * xn, "adjoint": lambda: S.H * yn,
                   "normal": lambda: S.N * xn}
         for op, (ours, ref) in ops.items():
             a = ours()
             b = torch.view_as_complex(ref().contiguous())
             err = float((a - b).abs().max() / b.abs().max())
-            t_ours = _timeit(ours, repeats)
-            t_ref = _timeit(ref, repeats)
+            t_ours = _timeit(ours, repeats, device)
+            t_ref = _timeit(ref, repeats, device)
             t_sp = _timeit(sp[op], max(1, repeats // 2)) if sigpy else float("nan")
             rows.append(Row(label, op, t_ours, t_ref, t_sp, err))
     return rows
@@ -167,7 +180,8 @@ def format_table(rows: list[Row]) -> str:
             "| max rel err |\n|---|---|---|---|---|---|---|---|")
     lines = [head]
     for r in rows:
-        lines.append(f"| {r.size} | {r.op} | {r.ours_ms:.1f} | {r.fastmri_ms:.1f} | "
+        fmt = ".1f" if r.ours_ms >= 1 else ".3f"
+        lines.append(f"| {r.size} | {r.op} | {r.ours_ms:{fmt}} | {r.fastmri_ms:{fmt}} | "
                      f"{r.sigpy_ms:.1f} | {r.vs_fastmri:.2f} | {r.vs_sigpy:.2f} | "
                      f"{r.max_rel_err:.1e} |")
     return "\n".join(lines)

@@ -86,7 +86,7 @@ def espirit(
     kernel_width: int = 6,
     thresh: float = 0.02,
     crop: float = 0.95,
-    chunk: int = 1 << 16,
+    chunk: int = 1 << 15,
     return_eigenvalue: bool = False,
 ):
     """ESPIRiT sensitivity maps ``[..., C, H, W]`` from k-space ``[..., C, H, W]``.
@@ -95,6 +95,8 @@ def espirit(
     by the ACS columns of a 1-D mask) must be fully sampled.  ``thresh`` keeps
     kernels with singular value > thresh * max; ``crop`` zeroes maps whose eigenvalue is <= crop.
     With ``return_eigenvalue`` also returns the leading eigenvalue map ``[..., H, W]``.
+    ``chunk`` pixels go to one batched ``eigh`` call: cuSOLVER's batched Hermitian solver
+    (torch 2.11, H200) fails with an internal error at 65536 matrices, works at 32768.
     """
     cw = _check_args(kspace, calib_width, kernel_width, thresh, crop)
     *lead, C, H, W = kspace.shape

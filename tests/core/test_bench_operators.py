@@ -25,3 +25,13 @@ def test_bench_cli_json(capsys):
 def test_bench_cli_bad_size(capsys):
     assert main(["bench", "operators", "--sizes", "16by640"]) == 2
     assert "CxHxW" in capsys.readouterr().err
+
+
+def test_bench_cli_device_errors(capsys):
+    import torch
+
+    assert main(["bench", "operators", "--sizes", "4x16x8", "--device", "gpu0"]) == 2
+    assert "torch device" in capsys.readouterr().err
+    if not torch.cuda.is_available():
+        assert main(["bench", "operators", "--sizes", "4x16x8", "--device", "cuda"]) == 2
+        assert "no CUDA device" in capsys.readouterr().err
