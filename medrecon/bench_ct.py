@@ -8,24 +8,12 @@ Script function only (``python -m medrecon.bench_ct``); not wired into the CLI y
 """
 from __future__ import annotations
 
-import time
 
 import numpy as np
 import torch
 
 from medrecon.physics.ct import FanBeam, ParallelBeam, fbp
-
-
-def _timeit(fn, repeats: int, sync) -> float:
-    fn()
-    sync()
-    best = float("inf")
-    for _ in range(repeats):
-        t0 = time.perf_counter()
-        fn()
-        sync()
-        best = min(best, time.perf_counter() - t0)
-    return best * 1e3
+from medrecon.timing import best_time_ms
 
 
 def run(sizes=((64, 60), (256, 360), (512, 720)), device="cpu", batch: int = 16,
@@ -35,7 +23,6 @@ def run(sizes=((64, 60), (256, 360), (512, 720)), device="cpu", batch: int = 16,
     from skimage.transform import iradon, radon, resize
 
     dev = torch.device(device)
-    sync = torch.cuda.synchronize if dev.type == "cuda" else (lambda: None)
     rows = []
     for n, k in sizes:
         img = resize(shepp_logan_phantom(), (n, n), anti_aliasing=True)
@@ -76,9 +63,9 @@ def run(sizes=((64, 60), (256, 360), (512, 720)), device="cpu", batch: int = 16,
         for name, one, many, ref, err in ops:
             rows.append({
                 "size": n, "n_angles": k, "op": name, "device": str(dev),
-                "ours_ms": _timeit(one, repeats, sync),
-                "ours_batched_ms": _timeit(many, repeats, sync) / batch if batch > 1 else None,
-                "skimage_ms": _timeit(ref, repeats, lambda: None) if ref is not None else None,
+                "ours_ms": best_time_ms(one, repeats, dev),
+                "ours_batched_ms": best_time_ms(many, repeats, dev) / batch if batch > 1 else None,
+                "skimage_ms": best_time_ms(ref, repeats) if ref is not None else None,
                 "rel_err": err,
             })
     return rows

@@ -13,30 +13,15 @@ References:
 """
 from __future__ import annotations
 
-import time
 from dataclasses import dataclass
 
 import numpy as np
 import torch
 
 from medrecon.physics.mri import MultiCoilMRI
+from medrecon.timing import best_time_ms
 
 SIZES = {"brain": (16, 640, 320), "knee": (15, 640, 368)}
-
-
-def _timeit(fn, repeats: int, device: torch.device | None = None) -> float:
-    """Best wall time of one call in ms; on CUDA each call is synchronized (queue drained)."""
-    cuda = device is not None and device.type == "cuda"
-    sync = torch.cuda.synchronize if cuda else (lambda: None)
-    fn()
-    sync()
-    best = float("inf")
-    for _ in range(repeats):
-        t0 = time.perf_counter()
-        fn()
-        sync()
-        best = min(best, time.perf_counter() - t0)
-    return best * 1e3
 
 
 def _fastmri_ops():
@@ -168,9 +153,9 @@ def run(sizes=("brain", "knee"), acceleration: int = 4, repeats: int = 5, seed: 
             a = ours()
             b = torch.view_as_complex(ref().contiguous())
             err = float((a - b).abs().max() / b.abs().max())
-            t_ours = _timeit(ours, repeats, device)
-            t_ref = _timeit(ref, repeats, device)
-            t_sp = _timeit(sp[op], max(1, repeats // 2)) if sigpy else float("nan")
+            t_ours = best_time_ms(ours, repeats, device)
+            t_ref = best_time_ms(ref, repeats, device)
+            t_sp = best_time_ms(sp[op], max(1, repeats // 2)) if sigpy else float("nan")
             rows.append(Row(label, op, t_ours, t_ref, t_sp, err))
     return rows
 
