@@ -11,7 +11,8 @@ import argparse
 import importlib
 import sys
 
-SUBCOMMANDS: list[str] = ["recon", "demo", "methods", "simulate", "train", "bench"]
+SUBCOMMANDS: list[str] = ["recon", "demo", "methods", "simulate", "train", "bench", "info",
+                          "compare"]
 
 
 def build_parser() -> argparse.ArgumentParser:
