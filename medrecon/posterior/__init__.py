@@ -11,6 +11,8 @@ randomness only through the explicit ``torch.Generator``, device following ``y``
 - ``dps``: diffusion posterior sampling (gradient through the network).
 - ``ccdf``: come-closer-diffuse-faster warm start on any generic solver.
 - ``score_mri`` / ``score_mri_ssos``: Chung & Ye's predictor-corrector with hard data consistency.
+- ``hfs_sde``: HFS-SDE (diffusion on the high frequencies only; its own SDE, ``score_fn(x, sigma)``).
+- ``spirit_diffusion``: SPIRiT-Diffusion on per-coil images (its own VE SDE, ``score_fn(x, sigma)``).
 """
 from .ccdf import ccdf, initial_estimate
 from .ddnm import ddnm, ddnm_dc, diffpir
@@ -20,3 +22,8 @@ from .score_mri import score_mri, score_mri_ssos
 
 __all__ = ["dds", "dds_dc", "ddnm", "ddnm_dc", "diffpir", "dps", "ccdf", "initial_estimate",
            "score_mri", "score_mri_ssos"]
+
+from .hfs_sde import HFSSDE, gaussian_hfs_score, hfs_sde  # noqa: E402
+from .spirit_diffusion import coil_projector, spirit_diffusion, spirit_drift  # noqa: E402
+
+__all__ += ["hfs_sde", "HFSSDE", "gaussian_hfs_score", "spirit_diffusion", "spirit_drift", "coil_projector"]

@@ -219,3 +219,139 @@ def _score_mri(kspace, mask, smaps, opts, generator):
     x, nfe = score_mri_ssos(_eps(model), mask, kspace / s[..., None, None, None], betas, opts.steps, g,
                             real_imag=model.in_channels == 1, **kw)
     return x * s[..., None, None], nfe
+
+
+# ---------------------------------------------------------------- HFS-SDE and SPIRiT-Diffusion
+# Both need a VE-type "score" checkpoint (the network conditioned on the noise level sigma), not
+# the VP priors above: an HFS prior trained with ``medrecon.models.hfs_loss.hfs_loss`` (its
+# ``HFSSDE`` stored in the checkpoint config as ``extra["hfs"] = sde.to_dict()``), and a per-coil
+# complex prior for SPIRiT-Diffusion.
+
+from .hfs_sde import hfs_sde  # noqa: E402
+from .spirit_diffusion import spirit_diffusion  # noqa: E402
+
+__all__ += ["HFSSDEOptions", "SpiritDiffusionOptions", "load_score_prior"]
+
+
+def load_score_prior(checkpoint: str, device: torch.device, method: str):
+    """(model, extra) from a VE ``"score"`` checkpoint directory, cached like ``load_prior``."""
+    import json
+
+    if not checkpoint:
+        raise ValueError(f"method {method!r} needs the option checkpoint=<directory of a medrecon checkpoint "
+                         f"(config.json + model.safetensors)> holding a VE score prior; no trained prior "
+                         f"for it ships with medrecon yet")
+    path = Path(checkpoint)
+    if not (path / "config.json").is_file():
+        raise ValueError(f"method {method!r}: checkpoint {str(path)!r} is not a medrecon checkpoint directory "
+                         f"(expected {str(path / 'config.json')!r} and model.safetensors)")
+    key = ("score", str(path.resolve()), os.path.getmtime(path / "config.json"), str(device))
+    if key not in _CACHE:
+        from medrecon.models.checkpoint import load_model
+        from medrecon.models.wrapper import is_ve
+
+        model = load_model(path, map_location=device).requires_grad_(False)
+        if model.prediction_type != "score" or not is_ve(model.schedule):
+            raise ValueError(f"method {method!r}: checkpoint {str(path)!r} is a {model.prediction_type!r} prior "
+                             f"on a {'VE' if is_ve(model.schedule) else 'VP'} schedule; a VE 'score' prior "
+                             f"(conditioned on sigma) is required")
+        if model.in_channels != 2:
+            raise ValueError(f"method {method!r}: checkpoint {str(path)!r} has {model.in_channels} input "
+                             f"channel(s); a complex-image (2-channel) prior is required")
+        with open(path / "config.json") as f:
+            extra = json.load(f).get("extra", {}) or {}
+        _CACHE.clear()
+        _CACHE[key] = (model, extra)
+    return _CACHE[key]
+
+
+def _score(model):
+    """score_fn(x [..., H, W] complex, sigma) of a VE score model (no autograd)."""
+    from medrecon.models.hfs_loss import hfs_score_fn
+
+    f = hfs_score_fn(model)
+
+    def score_fn(x, sigma):
+        with torch.no_grad():
+            return f(x.reshape(-1, *x.shape[-2:]), sigma).reshape(x.shape)
+    return score_fn
+
+
+@dataclass
+class HFSSDEOptions:
+    checkpoint: str = ""
+    steps: int = 1000
+    snr: float = 0.16
+    mse: float = 2.5
+    corrector_mse: float = 0.1
+    n_corrector: int = 1
+    dc: str = "hard"
+    acs: int = 0  # width of the low-frequency block M_L; 0: the checkpoint's extra["hfs"] (else 16)
+    normalize: bool = True
+
+
+@register_method("hfs-sde", HFSSDEOptions, "HFS-SDE: diffusion on the high frequencies, low frequencies "
+                 "from the data (Cao et al. TMI 2024); needs checkpoint=", needs_smaps=True, kind="diffusion")
+def _hfs_sde(kspace, mask, smaps, opts, generator):
+    from medrecon.models.hfs_loss import HFSSDE
+
+    if smaps is None:
+        raise ValueError("method 'hfs-sde' needs coil sensitivities (smaps)")
+    model, extra = load_score_prior(opts.checkpoint, kspace.device, "hfs-sde")
+    sde = HFSSDE.from_dict(extra["hfs"]) if isinstance(extra.get("hfs"), dict) else HFSSDE()
+    if opts.acs:
+        sde = HFSSDE(int(opts.acs), sde.beta_min, sde.beta_max, sde.region)
+    A = MultiCoilMRI(smaps, mask)
+    scale = torch.ones(kspace.shape[:-3], device=kspace.device)
+    if opts.normalize:
+        scale = A.adjoint(kspace).abs().flatten(-2).amax(-1).clamp_min(torch.finfo(torch.float32).tiny)
+    g = generator if generator is not None else torch.Generator(device=kspace.device).manual_seed(0)
+    x, nfe = hfs_sde(_score(model), A, kspace / scale[..., None, None, None], sde, opts.steps, g, snr=opts.snr,
+                     mse=opts.mse, corrector_mse=opts.corrector_mse, n_corrector=opts.n_corrector, dc=opts.dc)
+    return x * scale[..., None, None], nfe
+
+
+@dataclass
+class SpiritDiffusionOptions:
+    checkpoint: str = ""
+    steps: int = 1000
+    eta: float = 0.45
+    snr: float = 0.7
+    mse: float = 0.2
+    corrector_mse: float = 0.2
+    n_corrector: int = 1
+    dc: str = "hard"
+    sigma_min: float = 0.0  # 0: the checkpoint's VE sigma_min (the paper: 0.01)
+    sigma_max: float = 0.0  # 0: the checkpoint's VE sigma_max (the paper: 348)
+    kernel_width: int = 7
+    normalize: bool = True
+
+
+@register_method("spirit-diffusion", SpiritDiffusionOptions, "SPIRiT-Diffusion: per-coil SDE with the SPIRiT "
+                 "consistency drift (Cui et al. TMI 2024); needs checkpoint=", needs_smaps=True, kind="diffusion")
+def _spirit_diffusion(kspace, mask, smaps, opts, generator):
+    from medrecon.physics.spirit import LAM_SPIRIT_DIFFUSION, spirit_calibrate
+    from medrecon.reconstruct import acs_width
+
+    if smaps is None:
+        raise ValueError("method 'spirit-diffusion' needs coil sensitivities (smaps)")
+    model, _ = load_score_prior(opts.checkpoint, kspace.device, "spirit-diffusion")
+    acs = acs_width(mask)
+    if acs < opts.kernel_width:
+        raise ValueError(f"method 'spirit-diffusion': the SPIRiT kernel ({opts.kernel_width}x{opts.kernel_width}) is "
+                         f"calibrated from the fully sampled centre, but the mask has only {acs} central lines")
+    H = kspace.shape[-2]
+    calib = (min(H, 48), min(acs, 24)) if mask.shape[-2] == 1 else min(acs, 24)
+    scale = torch.ones(kspace.shape[:-3], device=kspace.device)
+    if opts.normalize:
+        scale = rss(ifft2c(kspace)).flatten(-2).amax(-1).clamp_min(torch.finfo(torch.float32).tiny)
+    y = kspace / scale[..., None, None, None]
+    kernel = spirit_calibrate(y, calib_width=calib, kernel_width=opts.kernel_width, lam=LAM_SPIRIT_DIFFUSION)
+    sched = model.schedule
+    g = generator if generator is not None else torch.Generator(device=kspace.device).manual_seed(0)
+    x, nfe = spirit_diffusion(_score(model), mask, y, kernel, smaps, opts.steps, g,
+                              sigma_min=opts.sigma_min or float(sched.sigma_min),
+                              sigma_max=opts.sigma_max or float(sched.sigma_max), eta=opts.eta, snr=opts.snr,
+                              mse=opts.mse, corrector_mse=opts.corrector_mse, n_corrector=opts.n_corrector,
+                              dc=opts.dc)
+    return x * scale[..., None, None], nfe

@@ -1,0 +1,182 @@
+"""SPIRiT-Diffusion (Cui, Cao et al., IEEE TMI 2024; repo zhyjSIAT/SPIRiT-Diffusion, ``sde_lib.py::SpiritSDE``
+reverse ``discretize`` and ``sampling.py::get_pc_sampler`` / ``LangevinCorrector``; ../shared/METHODS.md
+"SPIRiT-Diffusion").
+
+Per-coil images x ``[..., C, H, W]`` (the network sees the coils as a batch), VE schedule
+sigma(t) = sigma_min (sigma_max / sigma_min)^t (0.01, 348: the repo's ``configs/SPIRiT``), forward
+perturbation x_t = x + sigma P z with P = S S^H, training loss || sigma S^H s + S^H z ||^2.
+With the calibrated SPIRiT kernel G (``medrecon.physics.spirit.SpiritOperator``: G as a per-pixel
+coil-mixing matrix in the image domain) and Psi = (G - I)^H (G - I) (``SpiritOperator.normal``,
+the gradient of 1/2 ||(G - I) x||^2; the repo's ``utils.Psi`` = F^-1 (I - G - G^H + G^H G) F):
+
+- start: x_T = sigma_max z (full coil space, the repo's ``prior_sampling``);
+- Langevin corrector (``langevin``, alpha = 1 for the VE schedule): x <- x + e (s - g_c) + sqrt(2 e) z,
+  e = 2 (snr ||z|| / ||s||)^2, unprojected noise as in the repo;
+- reverse-diffusion predictor (``reverse_diffusion``, the repo's SPIRiT default):
+  x <- x - (eta/2) Psi x + G_i^2 P^2 (s - g_p) + G_i P z,  G_i^2 = sigma_i^2 - sigma_{i-1}^2 on the
+  repo's discrete sigmas exp(linspace(log sigma_min, log sigma_max, N)) (sigma_{-1} = 0), time grid
+  linspace(1, eps = 1e-5, N); the score is queried at the continuous sigma(t_i) (``get_score_fn``).
+  Without the score and data terms, this is gradient descent on the SPIRiT inconsistency: the
+  drift -(eta/2) Psi x (`spirit_drift`) vanishes on SPIRiT-consistent coil images (G x = x).
+- output: x_mean of the last step, combined by S^H (``combine="sense"``; ``"rss"`` the repo's
+  ``estimate_csm="sos"`` path; ``"coils"`` returns the coil images).
+
+Data consistency on the acquired k-space of every coil (``dc``):
+
+- ``"hard"`` (default): after every corrector and predictor update the measured k-space samples of
+  each coil are replaced by y (``SingleCoilMRI.project`` on the coil stack, as the VE reference code of
+  Score-MRI does) and the returned x_mean is projected too, so the output reproduces y exactly.
+  The rescaled gradients below vanish on a projected state and are not used.
+- ``"gradient"``: the repo's soft data consistency: g = F^-1 M (M F x - y) per coil, rescaled per
+  slice to ``mse`` ||s|| / ||g|| (predictor; 0.2) and ``corrector_mse`` ||s|| / ||g|| (corrector; 0.2).
+
+Parameters the paper asks to tune first: ``eta`` (0.45), then ``snr`` (0.7), ``mse``.
+
+Deviations from the repo, stated: norms for the step size and the gradient rescaling are per slice
+over all coils (the repo: per-coil norms averaged over its coil batch, and the whole batch), noise
+is circular complex CN(0, I) on complex images (the repo: N(0, 1) per real/imag channel), G is the
+circular k-space convolution (the repo pads with zeros at the k-space edge), P^2 is applied as
+written (= P for normalised maps), a zero score or gradient gives no move instead of NaN.
+
+``score_fn(x, sigma)``: the score of the per-coil prior at noise level ``sigma`` (a 0-d tensor on x's
+device) for coil images ``x [..., C, H, W]`` (a per-coil network: reshape the coils into the batch).
+NFE counts network evaluations per image: steps * (n_corrector + 1) * C (as ``score_mri_ssos``).
+"""
+from __future__ import annotations
+
+import math
+
+import torch
+
+from medrecon.physics.coils import rss
+from medrecon.physics.mri import SingleCoilMRI, check_mask
+from medrecon.physics.spirit import SpiritOperator
+
+__all__ = ["spirit_diffusion", "spirit_drift", "coil_projector"]
+
+_MAX_STEPS = 100_000
+DC_MODES = ("hard", "gradient")
+COMBINE = ("sense", "rss", "coils")
+
+
+def _norm(v: torch.Tensor) -> torch.Tensor:
+    return torch.linalg.vector_norm(v, dim=(-3, -2, -1), keepdim=True)
+
+
+def _rescaled(g: torch.Tensor, s_norm: torch.Tensor, weight: float) -> torch.Tensor:
+    ng = _norm(g)
+    return torch.where(ng > 0, g * (weight * s_norm / ng.clamp_min(1e-30)), torch.zeros_like(g))
+
+
+def coil_projector(smaps: torch.Tensor):
+    """P v = S (S^H v): coil images onto the range of the sensitivities (a projector for S^H S = 1)."""
+    sc = smaps.conj()
+
+    def P(v: torch.Tensor) -> torch.Tensor:
+        return smaps * (sc * v).sum(-3, keepdim=True)
+    return P
+
+
+def spirit_drift(x: torch.Tensor, spirit: SpiritOperator, eta: float = 0.45) -> torch.Tensor:
+    """The SPIRiT part of the reverse step, -(eta/2) Psi x = -(eta/2) (G - I)^H (G - I) x: zero on
+    SPIRiT-consistent coil images ``x [..., C, H, W]``."""
+    return -0.5 * eta * spirit.normal(x)
+
+
+def _check_inputs(y, mask, spirit, smaps, steps, generator):
+    if not isinstance(y, torch.Tensor) or not y.is_complex() or y.ndim < 3:
+        raise ValueError(f"y: expected complex coil k-space [..., C, H, W], got "
+                         f"{getattr(y, 'dtype', type(y).__name__)} {tuple(getattr(y, 'shape', ()))}")
+    if not torch.isfinite(torch.view_as_real(y)).all():
+        raise ValueError("y: contains NaN or Inf")
+    C, H, W = y.shape[-3:]
+    if not isinstance(smaps, torch.Tensor) or not smaps.is_complex() or smaps.ndim < 3 \
+            or tuple(smaps.shape[-3:]) != (C, H, W):
+        raise ValueError(f"smaps: expected complex coil sensitivities [..., {C}, {H}, {W}] matching y, got "
+                         f"{getattr(smaps, 'dtype', type(smaps).__name__)} {tuple(getattr(smaps, 'shape', ()))}")
+    if not torch.isfinite(torch.view_as_real(smaps)).all():
+        raise ValueError("smaps: contains NaN or Inf")
+    if isinstance(spirit, torch.Tensor):
+        spirit = SpiritOperator(spirit.to(device=y.device, dtype=y.dtype), (H, W))
+    if not isinstance(spirit, SpiritOperator):
+        raise ValueError(f"spirit: expected a SpiritOperator or a kernel [..., C, C, k, k] from spirit_calibrate, "
+                         f"got {type(spirit).__name__}")
+    if spirit.ncoils != C or spirit.shape != (H, W):
+        raise ValueError(f"spirit: operator for {spirit.ncoils} coils of size {spirit.shape}, but y has {C} coils "
+                         f"of size {(H, W)}")
+    if not isinstance(steps, int) or isinstance(steps, bool) or not 1 <= steps <= _MAX_STEPS:
+        raise ValueError(f"steps: expected an int in [1, {_MAX_STEPS}], got {steps!r}")
+    if not isinstance(generator, torch.Generator):
+        raise ValueError("generator: expected a torch.Generator (seeds are explicit; nothing reads the global RNG)")
+    if generator.device.type != y.device.type:
+        raise ValueError(f"generator: on {generator.device} but y is on {y.device}; "
+                         f"create it with torch.Generator(device=y.device)")
+    m = check_mask(mask.to(y.device) if isinstance(mask, torch.Tensor) else mask, (H, W))
+    m = m.unsqueeze(-3) if m.ndim >= 3 else m  # leading (slice) dims of the mask skip the coil axis
+    return spirit, SingleCoilMRI(m, (H, W))
+
+
+def spirit_diffusion(score_fn, mask: torch.Tensor, y: torch.Tensor, spirit, smaps: torch.Tensor,
+                     steps: int = 1000, generator: torch.Generator | None = None, *,
+                     sigma_min: float = 0.01, sigma_max: float = 348.0, eta: float = 0.45, snr: float = 0.7,
+                     mse: float = 0.2, corrector_mse: float = 0.2, n_corrector: int = 1, dc: str = "hard",
+                     eps: float = 1e-5, combine: str = "sense",
+                     x_T: torch.Tensor | None = None) -> tuple[torch.Tensor, int]:
+    """SPIRiT-Diffusion sample(s) from coil k-space ``y [..., C, H, W]`` (zeros off ``mask``, a
+    Cartesian mask ``[..., 1, W]`` or ``[..., H, W]``): ``(image, nfe)`` (module docstring).
+    ``spirit``: a ``SpiritOperator`` or a kernel from ``spirit_calibrate`` (SPIRiT-Diffusion calibrates
+    with ``lam = LAM_SPIRIT_DIFFUSION``); ``smaps [..., C, H, W]`` the (normalised) sensitivities."""
+    spirit, op = _check_inputs(y, mask, spirit, smaps, steps, generator)
+    if dc not in DC_MODES:
+        raise ValueError(f"dc: expected one of {DC_MODES}, got {dc!r}")
+    if combine not in COMBINE:
+        raise ValueError(f"combine: expected one of {COMBINE}, got {combine!r}")
+    if min(eta, snr, mse, corrector_mse, n_corrector) < 0:
+        raise ValueError(f"eta, snr, mse, corrector_mse, n_corrector: expected >= 0, got {eta}, {snr}, {mse}, "
+                         f"{corrector_mse}, {n_corrector}")
+    if not 0 < sigma_min < sigma_max or not 0 < eps < 1:
+        raise ValueError(f"sigma_min, sigma_max, eps: expected 0 < sigma_min < sigma_max and 0 < eps < 1, got "
+                         f"{sigma_min}, {sigma_max}, {eps}")
+    smaps = smaps.to(device=y.device, dtype=y.dtype)
+    P = coil_projector(smaps)
+    aty = op.adjoint(y)
+    hard = dc == "hard"
+
+    def randn():
+        return torch.randn(y.shape, generator=generator, dtype=y.dtype, device=y.device)
+
+    n = int(steps)
+    ts = torch.linspace(1.0, eps, n, dtype=torch.float64)
+    sig_cont = (sigma_min * (sigma_max / sigma_min) ** ts).to(device=y.device, dtype=y.real.dtype)
+    disc = torch.exp(torch.linspace(math.log(sigma_min), math.log(sigma_max), n, dtype=torch.float64))
+    idx = (ts * (n - 1)).long()  # the repo's timestep = (t (N - 1)).long()
+    prev = torch.where(idx > 0, disc[(idx - 1).clamp_min(0)], torch.zeros_like(disc[idx]))
+    g2 = (disc[idx] ** 2 - prev ** 2).tolist()
+
+    x = sigma_max * randn() if x_T is None else x_T.to(device=y.device, dtype=y.dtype)
+    if hard:
+        x = op.project(x, y)
+    x_mean = x
+    for i in range(n):
+        for _ in range(n_corrector):
+            s = score_fn(x, sig_cont[i])
+            z = randn()
+            ns = _norm(s)
+            step = torch.where(ns > 0, 2 * (snr * _norm(z) / ns.clamp_min(1e-30)) ** 2, 0.0)
+            drift = s if hard else s - _rescaled(op.normal(x) - aty, ns, corrector_mse)
+            x = x + step * drift + (2 * step).sqrt() * z
+            if hard:
+                x = op.project(x, y)
+        s = score_fn(x, sig_cont[i])
+        cond = s if hard else s - _rescaled(op.normal(x) - aty, _norm(s), mse)
+        x_mean = x + spirit_drift(x, spirit, eta) + g2[i] * P(P(cond))
+        x = x_mean + math.sqrt(g2[i]) * P(randn())
+        if hard:
+            x = op.project(x, y)
+    out = op.project(x_mean, y) if hard else x_mean
+    nfe = n * (n_corrector + 1) * y.shape[-3]
+    if combine == "coils":
+        return out, nfe
+    if combine == "rss":
+        return rss(out, dim=-3), nfe
+    return (smaps.conj() * out).sum(-3), nfe
