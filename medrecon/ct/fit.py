@@ -1,0 +1,73 @@
+"""The small optimisation loop shared by the CT trainers (autoencoder, latent net, pixel DDPM).
+
+It reuses the pieces of ``medrecon.models.train``: the per-step generator ``step_generator(seed,
+rank=0, step)`` (all randomness of step k -- batch indices, t, noise -- depends only on
+(seed, k)), AdamW, gradient-norm clipping and the ``EMA`` class.  ``medrecon.models.train.train``
+itself cannot be called: it trains unconditional Gaussian priors on a dataset of clean images,
+while these objectives need (NDCT, LDCT) pairs, a KL term or a cold degradation.
+Single process, no mixed precision, no resume (checkpoints are written at the end by the callers).
+"""
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass, field
+from typing import Callable
+
+import torch
+import torch.nn as nn
+
+from medrecon.models.train import EMA, step_generator
+
+__all__ = ["FitResult", "fit", "check_steps"]
+
+
+@dataclass
+class FitResult:
+    losses: list[float] = field(default_factory=list)
+    ema: EMA | None = None
+    seconds: float = 0.0  # wall-clock time of the optimisation steps
+
+
+def check_steps(steps: int, batch_size: int) -> None:
+    for name, val in (("steps", steps), ("batch_size", batch_size)):
+        if isinstance(val, bool) or int(val) != val or int(val) < 1:
+            raise ValueError(f"{name}: expected a positive integer, got {val!r}")
+
+
+def fit(net: nn.Module, loss_fn: Callable[[torch.Generator], torch.Tensor], *, steps: int,
+        lr: float, seed: int, device: torch.device, ema_decay: float | None = None,
+        grad_clip: float | None = 1.0, params=None, progress: bool = False) -> FitResult:
+    """Run ``steps`` AdamW steps on ``loss_fn(generator)``; the net is left in eval mode."""
+    params = list(net.parameters()) if params is None else list(params)
+    opt = torch.optim.AdamW(params, lr=lr, weight_decay=0.0)
+    ema = EMA(net, ema_decay) if ema_decay else None
+    res = FitResult(ema=ema)
+    pbar = None
+    if progress:
+        from tqdm.auto import tqdm
+        pbar = tqdm(total=steps, desc="train", dynamic_ncols=True)
+    net.train()
+    t0 = time.perf_counter()
+    try:
+        for step in range(int(steps)):
+            g = step_generator(seed, 0, step, device)
+            loss = loss_fn(g)
+            if not torch.isfinite(loss):
+                raise FloatingPointError(f"training loss became {float(loss)} at step {step}")
+            opt.zero_grad(set_to_none=True)
+            loss.backward()
+            if grad_clip:
+                torch.nn.utils.clip_grad_norm_(params, grad_clip)
+            opt.step()
+            if ema is not None:
+                ema.update(net)
+            res.losses.append(float(loss.detach()))
+            if pbar is not None:
+                pbar.update(1)
+                pbar.set_postfix(loss=f"{res.losses[-1]:.4f}")
+    finally:
+        if pbar is not None:
+            pbar.close()
+    res.seconds = time.perf_counter() - t0
+    net.eval()
+    return res
