@@ -180,17 +180,23 @@ def save_checkpoint(
             json.dump(cfg, f, indent=1)
             f.flush()
             os.fsync(f.fileno())
-        if directory.exists():  # overwrite=True: move the old one aside, then swap
-            old = Path(tempfile.mkdtemp(prefix=f".{directory.name}.old-", dir=directory.parent))
-            os.replace(directory, old / "ckpt")
-            os.replace(tmp, directory)
-            shutil.rmtree(old, ignore_errors=True)
-        else:
-            os.replace(tmp, directory)
+        swap_directory(tmp, directory)
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise
     return directory
+
+
+def swap_directory(tmp: Path, directory: Path) -> None:
+    """Move the finished folder ``tmp`` to ``directory``; an existing one is moved aside first
+    and removed only after the swap, so a crash never leaves neither."""
+    if directory.exists():
+        old = Path(tempfile.mkdtemp(prefix=f".{directory.name}.old-", dir=directory.parent))
+        os.replace(directory, old / "ckpt")
+        os.replace(tmp, directory)
+        shutil.rmtree(old, ignore_errors=True)
+    else:
+        os.replace(tmp, directory)
 
 
 def _read_config(directory: Path) -> dict[str, Any]:

@@ -25,6 +25,8 @@ from typing import Any
 
 import torch
 
+from medrecon.models.checkpoint import swap_directory
+
 __all__ = ["CT_FORMAT", "CT_VERSION", "save_ct_checkpoint", "read_ct_checkpoint", "check_state"]
 
 CT_FORMAT = "medrecon-ct-checkpoint"
@@ -59,13 +61,7 @@ def save_ct_checkpoint(directory: str | os.PathLike, kind: str, config: dict[str
             f.write(text)
             f.flush()
             os.fsync(f.fileno())
-        if directory.exists():
-            old = Path(tempfile.mkdtemp(prefix=f".{directory.name}.old-", dir=directory.parent))
-            os.replace(directory, old / "ckpt")
-            os.replace(tmp, directory)
-            shutil.rmtree(old, ignore_errors=True)
-        else:
-            os.replace(tmp, directory)
+        swap_directory(tmp, directory)
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise
