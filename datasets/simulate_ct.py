@@ -34,6 +34,7 @@ import torch
 
 from medrecon.datasets.anatomy import TISSUES, random_tissue_slices
 from medrecon.datasets.fastmri import atomic_h5
+from medrecon.datasets.outputs import plan_outputs
 from medrecon.physics.ct import MU_WATER, ParallelBeam, hu_to_mu
 
 __all__ = ["HU", "MU_WATER", "tissues_to_hu", "hu_to_mu", "circle_mask", "line_integrals",
@@ -165,13 +166,7 @@ def simulate_ct_dataset(out_dir, n_volumes: int, slices_per_volume: int = 8, siz
     if n_volumes < 1 or slices_per_volume < 1:
         raise ValueError(f"need n_volumes >= 1 and slices_per_volume >= 1, got {n_volumes} "
                          f"and {slices_per_volume}")
-    out = Path(out_dir)
-    out.mkdir(parents=True, exist_ok=True)
-    paths = [out / ct_file_name(seed, i) for i in range(n_volumes)]
-    clash = [p for p in paths if p.exists()]
-    if clash and not overwrite:
-        raise FileExistsError(f"{clash[0]} exists ({len(clash)} of {n_volumes} outputs do); "
-                              "pass overwrite=True (--overwrite) to replace them")
+    paths = plan_outputs(out_dir, [ct_file_name(seed, i) for i in range(n_volumes)], overwrite)
     for i, path in enumerate(tqdm(paths, disable=not progress, desc="simulate ct", unit="vol")):
         v = simulate_ct_volume(slices_per_volume, size, n_angles, i0, sigma_e,
                                volume_seed(seed, i), source)

@@ -23,6 +23,7 @@ import torch
 
 from medrecon.datasets.anatomy import contrast_params, mix_contrast, random_tissue_slices
 from medrecon.datasets.fastmri import center_crop, make_ismrmrd_header, write_fastmri
+from medrecon.datasets.outputs import plan_outputs
 from medrecon.physics.coils import rss
 from medrecon.physics.fft import fft2c, ifft2c
 
@@ -158,13 +159,7 @@ def simulate_mri_dataset(out_dir, n_volumes: int, slices_per_volume: int = 16, c
     if n_volumes < 1 or slices_per_volume < 1:
         raise ValueError(f"need n_volumes >= 1 and slices_per_volume >= 1, got {n_volumes} "
                          f"and {slices_per_volume}")
-    out = Path(out_dir)
-    out.mkdir(parents=True, exist_ok=True)
-    paths = [out / mri_file_name(seed, i) for i in range(n_volumes)]
-    clash = [p for p in paths if p.exists()]
-    if clash and not overwrite:
-        raise FileExistsError(f"{clash[0]} exists ({len(clash)} of {n_volumes} outputs do); "
-                              "pass overwrite=True (--overwrite) to replace them")
+    paths = plan_outputs(out_dir, [mri_file_name(seed, i) for i in range(n_volumes)], overwrite)
     for i, path in enumerate(tqdm(paths, disable=not progress, desc="simulate mri",
                                   unit="vol")):
         v = simulate_mri_volume(slices_per_volume, coils, size, snr, volume_seed(seed, i),

@@ -110,6 +110,18 @@ def preset(name: str, **overrides: Any) -> UNetConfig:
     return UNetConfig.from_dict({**PRESETS[name].to_dict(), **overrides})
 
 
+def unet_config(config: UNetConfig | dict[str, Any] | str, what: str = "config",
+                **preset_overrides: Any) -> UNetConfig:
+    """A ``UNetConfig`` from itself, its dict, or a preset name (with ``preset_overrides``)."""
+    if isinstance(config, str):
+        return preset(config, **preset_overrides)
+    if isinstance(config, dict):
+        return UNetConfig.from_dict(config)
+    if isinstance(config, UNetConfig):
+        return config
+    raise ValueError(f"{what}: expected UNetConfig, dict or preset name, got {type(config).__name__}")
+
+
 def build_unet(config: UNetConfig | dict[str, Any] | str, seed: int | None = None) -> nn.Module:
     """Instantiate MONAI's ``DiffusionModelUNet`` from a config, a config dict or a preset name.
 
@@ -123,12 +135,7 @@ def build_unet(config: UNetConfig | dict[str, Any] | str, seed: int | None = Non
             torch.manual_seed(int(seed))
             return build_unet(config)
 
-    if isinstance(config, str):
-        config = preset(config)
-    elif isinstance(config, dict):
-        config = UNetConfig.from_dict(config)
-    elif not isinstance(config, UNetConfig):
-        raise ValueError(f"build_unet: expected UNetConfig, dict or preset name, got {type(config).__name__}")
+    config = unet_config(config, "build_unet")
     return DiffusionModelUNet(
         spatial_dims=config.spatial_dims,
         in_channels=config.in_channels,

@@ -27,6 +27,7 @@ source sits at ``-R d`` (R = ``source_distance``), the detector at ``+D d``; a f
 """
 from __future__ import annotations
 
+import abc
 import math
 
 import torch
@@ -68,7 +69,7 @@ def _check_real(x, name: str, shape: tuple[int, int], what: str) -> None:
                          f"got {tuple(x.shape)}")
 
 
-class _RayProjector:
+class _RayProjector(abc.ABC):
     """Shared machinery: a geometry supplies ray sample points, this does gather/scatter."""
 
     def __init__(self, image_size, angles, n_detectors, detector_spacing, pixel_size, circle,
@@ -108,8 +109,9 @@ class _RayProjector:
 
     # geometry hook: rays as base point (closest to the centre) and unit direction, (col, row)
     # pixel coordinates, float64 [Kc, n_det, 2] each; samples are base + u * dir, u = self._u
+    @abc.abstractmethod
     def _rays(self, idx: slice) -> tuple[torch.Tensor, torch.Tensor]:
-        raise NotImplementedError
+        """Rays of the views ``idx`` (each geometry defines them)."""
 
     def _n_samples(self) -> int:
         return int(self._u.numel())

@@ -30,7 +30,7 @@ from typing import Any, Callable, Sequence
 import torch
 import torch.nn as nn
 
-from medrecon.models.networks import UNetConfig, build_unet, preset
+from medrecon.models.networks import UNetConfig, build_unet, unet_config
 
 from .autoencoder import CTAutoencoder, decode, encode
 from .checkpoint import check_state, read_ct_checkpoint, save_ct_checkpoint
@@ -144,16 +144,11 @@ class LatentColdDiffusion(nn.Module):
 def build_cold_model(config: UNetConfig | dict | str = "tiny", latent_channels: int | None = None,
                      T: int = 10, schedule: str | ColdSchedule = "cosine", seed: int | None = None) -> LatentColdDiffusion:
     """A fresh latent network; a preset name gets ``in/out_channels = latent_channels``."""
-    if isinstance(config, str):
-        if latent_channels is None:
-            raise ValueError("latent_channels: required with a preset name")
-        cfg = preset(config, in_channels=int(latent_channels), out_channels=int(latent_channels))
-    elif isinstance(config, dict):
-        cfg = UNetConfig.from_dict(config)
-    elif isinstance(config, UNetConfig):
-        cfg = config
-    else:
-        raise ValueError(f"config: expected UNetConfig, dict or preset name, got {type(config).__name__}")
+    if isinstance(config, str) and latent_channels is None:
+        raise ValueError("latent_channels: required with a preset name")
+    channels = {} if latent_channels is None else {"in_channels": int(latent_channels),
+                                                  "out_channels": int(latent_channels)}
+    cfg = unet_config(config, **channels)
     if cfg.in_channels != cfg.out_channels:
         raise ValueError(f"config: the latent network maps z_t to z_0, so in_channels ({cfg.in_channels}) "
                          f"must equal out_channels ({cfg.out_channels})")

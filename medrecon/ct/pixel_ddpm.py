@@ -27,7 +27,7 @@ import torch
 import torch.nn as nn
 
 from medrecon.models.checkpoint import load_checkpoint, save_checkpoint
-from medrecon.models.networks import UNetConfig, build_unet, preset
+from medrecon.models.networks import UNetConfig, build_unet, unet_config
 from medrecon.models.schedules import VPSchedule, make_betas
 from medrecon.models.wrapper import DiffusionModel
 
@@ -76,14 +76,7 @@ class ConditionalDDPM(nn.Module):
 def build_pixel_ddpm(config: UNetConfig | dict | str = "tiny", betas: torch.Tensor | None = None,
                      seed: int | None = None) -> ConditionalDDPM:
     """A fresh conditional denoiser; a preset name gets in_channels = 2, out_channels = 1."""
-    if isinstance(config, str):
-        cfg = preset(config, in_channels=2, out_channels=1)
-    elif isinstance(config, dict):
-        cfg = UNetConfig.from_dict(config)
-    elif isinstance(config, UNetConfig):
-        cfg = config
-    else:
-        raise ValueError(f"config: expected UNetConfig, dict or preset name, got {type(config).__name__}")
+    cfg = unet_config(config, in_channels=2, out_channels=1)
     betas = make_betas("linear", 1000) if betas is None else betas
     return ConditionalDDPM(build_unet(cfg, seed=seed), betas, cfg)
 

@@ -22,11 +22,12 @@ def ddim(eps_fn, x, timesteps, alphas_cumprod, *, eta: float = 0.0, dc=None, cal
         raise ValueError(f"eta: expected >= 0, got {eta}")
     n_train = len(alphas_cumprod)
     ts = [int(t) for t in timesteps]
+    t_dev = torch.tensor(ts, device=x.device)  # one copy, not a host-device sync per step
     if prev_timesteps is None:
         prev_timesteps = [t - n_train // len(ts) for t in ts]
     for i, (t, tp) in enumerate(zip(ts, prev_timesteps)):
         a, ap = acp_at(alphas_cumprod, t), acp_at(alphas_cumprod, int(tp))
-        tt = torch.tensor(t, device=x.device)
+        tt = t_dev[i]
         x0, eps = predict_x0(eps_fn, x, x, tt, math.sqrt(a), math.sqrt(1 - a), dc)
         std = eta * math.sqrt((1 - ap) / (1 - a) * (1 - a / ap))
         x = math.sqrt(ap) * x0 + math.sqrt(max(1 - ap - std ** 2, 0.0)) * eps

@@ -18,11 +18,12 @@ def ddpm(eps_fn, x, timesteps, alphas_cumprod, *, dc=None, callback=None, genera
     """Ancestral sampling over descending integer ``timesteps`` (prev = t - T // steps by default)."""
     n_train = len(alphas_cumprod)
     ts = [int(t) for t in timesteps]
+    t_dev = torch.tensor(ts, device=x.device)  # one copy, not a host-device sync per step
     if prev_timesteps is None:
         prev_timesteps = [t - n_train // len(ts) for t in ts]
     for i, (t, tp) in enumerate(zip(ts, prev_timesteps)):
         a, ap = acp_at(alphas_cumprod, t), acp_at(alphas_cumprod, int(tp))
-        tt = torch.tensor(t, device=x.device)
+        tt = t_dev[i]
         x0, _ = predict_x0(eps_fn, x, x, tt, math.sqrt(a), math.sqrt(1 - a), dc)
         cur_alpha = a / ap
         cur_beta = 1 - cur_alpha

@@ -23,13 +23,14 @@ def dpm_solver_pp(eps_fn, x, timesteps, alphas_cumprod, *, order: int = 2, lower
     if order not in (1, 2, 3):
         raise ValueError(f"order: expected 1, 2 or 3, got {order}")
     ts = [int(t) for t in timesteps]
+    t_dev = torch.tensor(ts, device=x.device)  # one copy, not a host-device sync per step
     n = len(ts)
     al = [math.sqrt(float(alphas_cumprod[t])) for t in ts] + [1.0]
     si = [math.sqrt(1 - float(alphas_cumprod[t])) for t in ts] + [0.0]
     lam = [math.log(a / s) if s > 0 else math.inf for a, s in zip(al, si)]
     hist: list[torch.Tensor] = []
     for i, t in enumerate(ts):
-        tt = torch.tensor(t, device=x.device)
+        tt = t_dev[i]
         x0, _ = predict_x0(eps_fn, x, x, tt, al[i], si[i], dc)
         hist = (hist + [x0])[-3:]
         last = i == n - 1

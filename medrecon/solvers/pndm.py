@@ -46,14 +46,15 @@ def pndm(eps_fn, x, steps, alphas_cumprod, *, skip_prk_steps: bool = False, set_
         ap = float(alphas_cumprod[tp]) if tp >= 0 else final
         x0 = (sample - math.sqrt(1 - a) * e) / math.sqrt(a)
         if dc is not None:
-            x0 = dc(x0, torch.tensor(int(t), device=sample.device))
+            x0 = dc(x0, t_dev[int(t)])
             e = (sample - math.sqrt(a) * x0) / math.sqrt(1 - a)
         return math.sqrt(ap) * x0 + math.sqrt(1 - ap) * e, x0
 
+    t_dev = torch.arange(n_train, device=x.device)  # one copy, not a host-device sync per step
     ets: list[torch.Tensor] = []
     cur_e, cur_sample = 0.0, None
     for c, t in enumerate(int(v) for v in timesteps):
-        e = eps_fn(x, torch.tensor(t, device=x.device))
+        e = eps_fn(x, t_dev[t])
         if e.shape != x.shape:
             raise ValueError(f"eps_fn: expected an output of shape {tuple(x.shape)}, got {tuple(e.shape)}")
         if c < n_prk:  # pseudo Runge-Kutta (diffusers' step_prk)
@@ -88,5 +89,5 @@ def pndm(eps_fn, x, steps, alphas_cumprod, *, skip_prk_steps: bool = False, set_
                 e = (55 * ets[-1] - 59 * ets[-2] + 37 * ets[-3] - 9 * ets[-4]) / 24
             x, x0 = transfer(sample, base_t, prev_t, e)
         if callback is not None:
-            callback({"i": c, "t": torch.tensor(t, device=x.device), "x": x, "x0": x0})
+            callback({"i": c, "t": t_dev[t], "x": x, "x0": x0})
     return x

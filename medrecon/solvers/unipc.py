@@ -41,6 +41,7 @@ def unipc(eps_fn, x, timesteps, alphas_cumprod, *, order: int = 2, variant: str 
     if order not in (1, 2, 3):
         raise ValueError(f"order: expected 1, 2 or 3, got {order}")
     ts = [int(t) for t in timesteps]
+    t_dev = torch.tensor(ts, device=x.device)  # one copy, not a host-device sync per step
     n = len(ts)
     al = [math.sqrt(float(alphas_cumprod[t])) for t in ts] + [1.0]
     si = [math.sqrt(1 - float(alphas_cumprod[t])) for t in ts] + [0.0]
@@ -48,7 +49,7 @@ def unipc(eps_fn, x, timesteps, alphas_cumprod, *, order: int = 2, variant: str 
     ms: list[torch.Tensor] = []
     last_x, this_order = None, 1
     for i, t in enumerate(ts):
-        tt = torch.tensor(t, device=x.device)
+        tt = t_dev[i]
         x0, _ = predict_x0(eps_fn, x, x, tt, al[i], si[i], dc)
         if use_corrector and i > 0:  # UniC with the fresh evaluation at the predicted x
             h = lam[i] - lam[i - 1]
