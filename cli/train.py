@@ -93,16 +93,22 @@ def load_images(path: str | Path, key: str | None = None, normalize: str = "max"
 def register(subparsers) -> None:
     p = subparsers.add_parser("train", help="train a diffusion prior (MONAI U-Net) on images",
                               description=__doc__.split("\n\n")[0])
-    p.add_argument("--data", required=True, help="image directory or .pt/.npy/.h5 file [N,H,W] / [N,2,H,W]")
+    p.add_argument("--recipe", default=None,
+                   help="a training recipe (data, network and schedule chosen together; see "
+                        "medrecon.cli.recipes), e.g. vp, hfs, ddgan, ct-latent-cold")
+    p.add_argument("--recipe-option", action="append", default=[], metavar="KEY=VALUE",
+                   help="recipe-specific setting, repeatable")
+    p.add_argument("--data", default=None, help="image directory or .pt/.npy/.h5 file [N,H,W] / [N,2,H,W] "
+                   "(required without --recipe; recipes that simulate their data make it optional)")
     p.add_argument("--key", default=None, help="HDF5 dataset name (default: the first)")
     p.add_argument("--normalize", default="max", choices=["max", "none"])
     p.add_argument("--out", required=True, help="run directory (checkpoints, log.jsonl, samples)")
-    p.add_argument("--preset", default="tiny", help="network preset: tiny | small")
-    p.add_argument("--objective", default="eps", choices=["eps", "v", "score"],
-                   help="eps / v (VP, DDPM linear betas) or score (VE denoising score matching)")
-    p.add_argument("--steps", type=int, default=1000)
-    p.add_argument("--batch-size", type=int, default=8)
-    p.add_argument("--lr", type=float, default=2e-4)
+    p.add_argument("--preset", default=None, help="network preset: tiny | small (default tiny)")
+    p.add_argument("--objective", default=None, choices=["eps", "v", "score"],
+                   help="eps / v (VP, DDPM linear betas) or score (VE denoising score matching); default eps")
+    p.add_argument("--steps", type=int, default=None)
+    p.add_argument("--batch-size", type=int, default=None)
+    p.add_argument("--lr", type=float, default=None)
     p.add_argument("--ema-decay", type=float, default=0.999, help="0 disables the EMA")
     p.add_argument("--grad-clip", type=float, default=1.0, help="0 disables clipping")
     p.add_argument("--mixed-precision", default="no", choices=["no", "bf16", "fp16"], help="CUDA only")
@@ -122,7 +128,32 @@ def register(subparsers) -> None:
     p.set_defaults(func=_run)
 
 
+_GENERIC_DEFAULTS = {"preset": "tiny", "objective": "eps", "steps": 1000, "batch_size": 8, "lr": 2e-4}
+
+
+def _recipe_options(pairs: list[str]) -> dict[str, str]:
+    out: dict[str, str] = {}
+    for pair in pairs:
+        key, sep, value = pair.partition("=")
+        if not sep or not key:
+            raise ValueError(f"--recipe-option expects KEY=VALUE, got {pair!r}")
+        out[key.replace("-", "_")] = value
+    return out
+
+
 def _run(args) -> int:
+    args.recipe_options = _recipe_options(args.recipe_option)
+    if args.recipe is not None:
+        from medrecon.cli.recipes import get_recipe
+
+        return int(get_recipe(args.recipe).run(args) or 0)
+    if args.recipe_options:
+        raise ValueError("--recipe-option needs --recipe")
+    if args.data is None:
+        raise ValueError("--data is required without --recipe")
+    for key, value in _GENERIC_DEFAULTS.items():
+        if getattr(args, key) is None:
+            setattr(args, key, value)
     from medrecon.models.networks import preset
     from medrecon.models.schedules import VE, VPSchedule, make_betas
     from medrecon.models.train import train
