@@ -12,7 +12,7 @@ import importlib
 import sys
 
 SUBCOMMANDS: list[str] = ["recon", "demo", "methods", "simulate", "train", "bench", "info",
-                          "compare"]
+                          "compare", "batch"]
 
 
 def build_parser() -> argparse.ArgumentParser:

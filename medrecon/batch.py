@@ -1,0 +1,428 @@
+"""Batch reconstruction of many fastMRI volumes: one task per volume, on Ray or in-process.
+
+``run_batch(inputs, out_dir, method, ...)`` runs `medrecon.pipeline.reconstruct_file` once per
+input volume and writes ``OUT_DIR/<input name>`` (``.h5``; ``.nii.gz`` or a DICOM series folder
+with ``out_format``).  It is what ``medrecon batch`` runs.
+
+- **Executors.**  With Ray installed (the ``medrecon[distributed]`` extra) each volume is one Ray
+  task asking for ``num_cpus`` CPUs and ``num_gpus`` GPUs (fractions share a GPU; with GPUs the
+  task reconstructs on ``cuda``, the device Ray assigned it).  ``address=None``/``"local"`` starts
+  a local Ray instance (or joins the one this process already started); any other address
+  (``"ray://head:10001"``, ``"auto"``) joins that cluster, whose nodes must have medrecon
+  installed and see ``out_dir`` (and any path given in ``options``) on a shared file system.
+  A local instance must hold the CPUs/GPUs one task asks for (checked up front: such a task would
+  wait forever).  Without Ray the volumes run one after the other in this process, with the same
+  outputs, markers and failure records.
+- **Resume.**  Outputs are written atomically (a crash never leaves a partial output), then a
+  done marker ``OUT_DIR/.medrecon-batch/done/<output name>.json`` (the settings and the
+  `reconstruct_file` record) is written atomically too.  A rerun skips a volume whose output and
+  marker exist with the same settings (method, resolved options, mask, slices, seed, format);
+  other settings are a failure unless ``overwrite``.  An output without a marker (a crash between
+  the two renames) is adopted when it is readable and names the same method; anything else
+  already at an output path is a failure unless ``overwrite``.
+- **Failures.**  A volume whose reconstruction raises is recorded in
+  ``OUT_DIR/batch-failures.jsonl`` (one JSON object per line: file, output, error, traceback,
+  attempts; rewritten by each run) and the batch goes on.  A task whose worker process dies
+  (killed, out of memory) is retried up to ``max_retries`` times by Ray; ``attempts`` counts the
+  tries, so a volume with ``attempts > 1`` was retried after a worker died.
+- **Plugins.**  ``plugins`` (module names or ``.py`` files) are imported in every worker before
+  it reconstructs, so methods registered outside medrecon run on the cluster too.
+
+Two batches must not write to the same ``out_dir`` at the same time.
+"""
+from __future__ import annotations
+
+import dataclasses
+import glob
+import hashlib
+import importlib
+import importlib.util
+import json
+import shutil
+import sys
+import time
+import traceback
+import uuid
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Callable, Iterable, Sequence
+
+from medrecon.pipeline import OUTPUT_FORMATS, MaskSpec, reconstruct_file
+
+__all__ = ["run_batch", "BatchSummary", "VolumeResult", "find_inputs", "output_name",
+           "load_plugins", "STATE_DIR", "FAILURES_FILE"]
+
+STATE_DIR = ".medrecon-batch"
+FAILURES_FILE = "batch-failures.jsonl"
+
+
+@dataclass(frozen=True)
+class VolumeResult:
+    """What happened to one input: status ``"done"``, ``"skipped"`` or ``"failed"``."""
+
+    file: str
+    output: str
+    status: str
+    attempts: int = 0  # tries in this run (> 1: retried after its worker died)
+    seconds: float = 0.0  # wall time of the task, file I/O included
+    error: str | None = None
+    record: dict[str, Any] | None = None  # `reconstruct_file`'s record (from the marker if skipped)
+
+    def to_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+
+@dataclass
+class BatchSummary:
+    """All volumes of one run, in input order, and where they ran."""
+
+    results: list[VolumeResult]
+    seconds: float
+    executor: str  # "in-process" or "ray <address>"
+    out_dir: str
+    failures_file: str | None = None  # set when some volume failed
+
+    def _with(self, status: str) -> list[VolumeResult]:
+        return [r for r in self.results if r.status == status]
+
+    @property
+    def done(self) -> list[VolumeResult]:
+        return self._with("done")
+
+    @property
+    def skipped(self) -> list[VolumeResult]:
+        return self._with("skipped")
+
+    @property
+    def failed(self) -> list[VolumeResult]:
+        return self._with("failed")
+
+    @property
+    def retried(self) -> list[VolumeResult]:
+        return [r for r in self.results if r.attempts > 1]
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"done": len(self.done), "skipped": len(self.skipped), "failed": len(self.failed),
+                "retried": len(self.retried), "seconds": round(self.seconds, 3),
+                "executor": self.executor, "out_dir": self.out_dir,
+                "failures_file": self.failures_file,
+                "volumes": [r.to_dict() for r in self.results]}
+
+
+@dataclass(frozen=True)
+class _Job:
+    """Everything one task needs (pickled to the Ray worker)."""
+
+    src: str
+    out: str
+    fmt: str
+    method: str
+    mask: MaskSpec
+    slices: str | None
+    seed: int | None
+    batch_size: int
+    device: str | None
+    overwrite: bool
+    options: dict[str, Any]
+    settings: dict[str, Any]
+    state: str  # OUT_DIR/.medrecon-batch
+    run_id: str
+    plugins: tuple[str, ...] = field(default=())
+
+
+def find_inputs(inputs: str | Path | Iterable[str | Path]) -> list[Path]:
+    """Files as given, folders as every ``*.h5`` inside (sorted); an empty folder is an error."""
+    items = [inputs] if isinstance(inputs, (str, Path)) else list(inputs)
+    files: list[Path] = []
+    for item in items:
+        p = Path(item)
+        if p.is_dir():
+            found = sorted(p.glob("*.h5"))
+            if not found:
+                raise ValueError(f"{p}: folder contains no .h5 files")
+            files += found
+        else:
+            files.append(p)
+    if not files:
+        raise ValueError("no inputs given")
+    return files
+
+
+def output_name(src: Path, fmt: str) -> str:
+    """The output of ``src`` in ``fmt``: ``x.h5`` -> ``x.h5`` / ``x.nii.gz`` / ``x`` (a folder)."""
+    stem = src.name[:-3] if src.name.endswith(".h5") else src.stem
+    return {"h5": src.name, "nifti": stem + ".nii.gz", "dicom": stem}[fmt]
+
+
+def load_plugins(plugins: Sequence[str]) -> None:
+    """Import each module name or ``.py`` file once per process (they register methods)."""
+    for plugin in plugins:
+        if not plugin.endswith(".py"):
+            importlib.import_module(plugin)
+            continue
+        path = Path(plugin).resolve()
+        name = f"medrecon_plugin_{path.stem}_{hashlib.sha1(str(path).encode()).hexdigest()[:8]}"
+        if name in sys.modules:
+            continue
+        if not path.is_file():
+            raise FileNotFoundError(f"plugin {plugin}: no such file")
+        spec = importlib.util.spec_from_file_location(name, path)
+        module = importlib.util.module_from_spec(spec)
+        sys.modules[name] = module
+        try:
+            spec.loader.exec_module(module)
+        except BaseException:
+            del sys.modules[name]
+            raise
+
+
+def _ray():
+    """The ray module, or None when the ``distributed`` extra is not installed."""
+    try:
+        import ray
+    except ImportError:
+        return None
+    return ray
+
+
+def _json_roundtrip(obj):
+    return json.loads(json.dumps(obj))
+
+
+def _write_json(path: Path, obj) -> None:
+    from medrecon.datasets.nifti import _atomic_write  # the repo's temp-file-and-rename writer
+
+    text = json.dumps(obj, indent=1)
+    _atomic_write(path, lambda tmp: Path(tmp).write_text(text))
+
+
+def _marker(job: _Job) -> Path:
+    return Path(job.state) / "done" / f"{Path(job.out).name}.json"
+
+
+def _count_attempt(job: _Job) -> int:
+    """Append this try to the run's attempt log of the volume; return the number of tries."""
+    log = Path(job.state) / "runs" / job.run_id / f"{Path(job.out).name}.attempts"
+    with open(log, "a") as f:
+        f.write("try\n")
+    return len(log.read_text().splitlines())
+
+
+def _attempts(job: _Job) -> int:
+    log = Path(job.state) / "runs" / job.run_id / f"{Path(job.out).name}.attempts"
+    return len(log.read_text().splitlines()) if log.is_file() else 0
+
+
+def _clean_debris(out: Path, fmt: str) -> None:
+    """Remove temp files/folders left next to ``out`` by a writer killed mid-write."""
+    targets = [out]
+    if fmt == "nifti":
+        from medrecon.datasets.nifti import sidecar_path
+        targets.append(sidecar_path(out))
+    for target in targets:
+        for p in target.parent.glob(f".{glob.escape(target.name)}.*"):
+            if ".tmp" in p.name or ".old." in p.name:
+                shutil.rmtree(p) if p.is_dir() else p.unlink()
+
+
+def _run_volume(job: _Job) -> dict[str, Any]:
+    """The task: reconstruct one volume, write its output and done marker; never raises for a
+    bad input (the error is returned), so only a dead worker makes Ray retry."""
+    start = time.perf_counter()
+    attempts = _count_attempt(job)
+    try:
+        load_plugins(job.plugins)
+        _clean_debris(Path(job.out), job.fmt)
+        record = reconstruct_file(job.src, job.method, job.mask, job.slices, Path(job.out),
+                                  job.overwrite, False, job.device, seed=job.seed,
+                                  out_format=job.fmt, batch_size=job.batch_size, **job.options)
+        _write_json(_marker(job), {"settings": job.settings, "record": record})
+    except Exception as exc:  # a bad volume is recorded and the batch goes on
+        return {"status": "failed", "attempts": attempts, "error": f"{type(exc).__name__}: {exc}",
+                "traceback": traceback.format_exc(), "seconds": time.perf_counter() - start}
+    return {"status": "done", "attempts": attempts, "record": record,
+            "seconds": time.perf_counter() - start}
+
+
+def _output_method(out: Path, fmt: str) -> str | None:
+    """The method named in a complete output's metadata, None if unreadable."""
+    try:
+        if fmt == "h5":
+            import h5py
+            with h5py.File(out, "r") as f:
+                return str(f.attrs["method"]) if "reconstruction" in f else None
+        if fmt == "nifti":
+            from medrecon.datasets.nifti import sidecar_path
+            return json.loads(sidecar_path(out).read_text())["method"]
+        import pydicom
+        first = min(out.glob("*.dcm"))
+        desc = str(pydicom.dcmread(first, stop_before_pixels=True).SeriesDescription)
+        return desc.removeprefix("medrecon ")
+    except Exception:  # noqa: BLE001 -- any unreadable output is "not ours"
+        return None
+
+
+def _prior_state(job: _Job) -> VolumeResult | None:
+    """Skip (done before), refuse (something else is there) or None (run it)."""
+    if job.overwrite:
+        return None
+    out, marker = Path(job.out), _marker(job)
+    if marker.is_file() and out.exists():
+        try:
+            saved = json.loads(marker.read_text())
+        except ValueError:
+            saved = {}
+        if saved.get("settings") == job.settings:
+            return VolumeResult(job.src, job.out, "skipped", record=saved.get("record"))
+        return VolumeResult(job.src, job.out, "failed", error=(
+            f"{out} was made with other settings ({marker}); pass overwrite to redo it"))
+    if out.exists():
+        if _output_method(out, job.fmt) == job.method:  # crashed between output and marker
+            _write_json(marker, {"settings": job.settings, "record": None})
+            return VolumeResult(job.src, job.out, "skipped")
+        return VolumeResult(job.src, job.out, "failed", error=(
+            f"{out} exists and was not completed by a batch with method {job.method!r}; "
+            f"pass overwrite to replace it"))
+    return None
+
+
+def _plan(files: list[Path], out_dir: Path, fmt: str, make) -> list[_Job]:
+    names: dict[str, Path] = {}
+    for src in files:
+        name = output_name(src, fmt)
+        if name in names:
+            raise ValueError(f"inputs {names[name]} and {src} would both write {out_dir / name}")
+        names[name] = src
+    return [make(src, out_dir / name) for name, src in names.items()]
+
+
+def _on_ray(ray, jobs: list[_Job], report: Callable[[_Job, dict[str, Any]], None], *,
+            address: str | None, local_cpus: int | None, num_cpus: float, num_gpus: float,
+            max_retries: int) -> str:
+    """One Ray task per job, results reported as they arrive; returns the executor's name."""
+    local = address in (None, "local")
+    started = not ray.is_initialized()
+    if started:
+        kw = {"num_cpus": local_cpus} if local else {"address": address}
+        ray.init(include_dashboard=False, **kw)
+    try:
+        have = ray.cluster_resources()
+        for key, need in (("CPU", num_cpus), ("GPU", num_gpus)):
+            if local and need > have.get(key, 0):  # the task could never be scheduled
+                raise ValueError(f"a task asks for {need:g} {key}s but the local Ray instance "
+                                 f"has {have.get(key, 0):g}")
+        task = ray.remote(num_cpus=num_cpus, num_gpus=num_gpus, max_retries=max_retries,
+                          retry_exceptions=False)(_run_volume)
+        refs = [task.remote(job) for job in jobs]
+        job_of = dict(zip(refs, jobs))
+        while refs:
+            ready, refs = ray.wait(refs, num_returns=1)
+            job = job_of.pop(ready[0])
+            try:
+                out = ray.get(ready[0])
+            except ray.exceptions.RayError as exc:  # the worker died max_retries + 1 times
+                first = (str(exc).strip().splitlines() or [""])[0]
+                out = {"status": "failed", "attempts": _attempts(job), "seconds": 0.0,
+                       "error": f"{type(exc).__name__}: {first}"}
+            report(job, out)
+    finally:
+        if started:
+            ray.shutdown()
+    return f"ray {'local' if local else address}"
+
+
+def run_batch(inputs, out_dir, method: str = "cg-sense", mask: MaskSpec | None = None, *,
+              options: dict[str, Any] | None = None, slices: str | None = None,
+              out_format: str | None = None, overwrite: bool = False, device: str | None = None,
+              seed: int | None = None, batch_size: int = 1, address: str | None = None,
+              num_cpus: float = 1, num_gpus: float = 0, local_cpus: int | None = None,
+              max_retries: int = 3, plugins: Sequence[str] = (),
+              on_result: Callable[[VolumeResult], None] | None = None) -> BatchSummary:
+    """Reconstruct every input volume into ``out_dir`` (module doc); ``on_result`` is called
+    with each volume's result as it arrives (skipped ones first)."""
+    from medrecon.registry import get_method, options_to_dict, resolve_options
+
+    start = time.perf_counter()
+    # absolute paths: a worker's working directory is not the driver's
+    plugins = tuple(str(Path(p).absolute()) if str(p).endswith(".py") else str(p)
+                    for p in plugins)
+    load_plugins(plugins)
+    spec = get_method(method)  # fail early on an unknown method or option
+    options = dict(options or {})
+    resolved = options_to_dict(resolve_options(spec, options))
+    mask = mask or MaskSpec()
+    if not mask.acceleration >= 1:
+        raise ValueError(f"acceleration must be >= 1, got {mask.acceleration}")
+    if not 0 < mask.center_fraction < 1:
+        raise ValueError(f"center_fraction must be in (0, 1), got {mask.center_fraction}")
+    if batch_size < 1 or num_cpus < 0 or num_gpus < 0 or max_retries < 0:
+        raise ValueError(f"need batch_size >= 1 and num_cpus, num_gpus, max_retries >= 0, got "
+                         f"{batch_size}, {num_cpus}, {num_gpus}, {max_retries}")
+    fmt = out_format or "h5"
+    if fmt not in OUTPUT_FORMATS:
+        raise ValueError(f"output format must be one of {', '.join(OUTPUT_FORMATS)}, got {fmt!r}")
+    ray = _ray()
+    local = address in (None, "local")
+    if ray is None and not local:
+        raise ValueError(f"address {address!r} needs Ray: pip install 'medrecon[distributed]'")
+    if ray is not None and str(device or "").startswith("cuda") and not num_gpus:
+        raise ValueError("device cuda under Ray needs num_gpus > 0 (Ray hides GPUs from tasks "
+                         "that did not ask for one)")
+    if num_gpus and device is None:
+        device = "cuda"  # under Ray: the GPU(s) assigned to the task (CUDA_VISIBLE_DEVICES)
+
+    out_dir = Path(out_dir).absolute()
+    files = [p.absolute() for p in find_inputs(inputs)]
+    state = out_dir / STATE_DIR
+    run_id = uuid.uuid4().hex[:12]
+    shutil.rmtree(state / "runs", ignore_errors=True)  # attempt logs of crashed runs
+    for sub in ("done", f"runs/{run_id}"):
+        (state / sub).mkdir(parents=True, exist_ok=True)
+    settings = _json_roundtrip({"method": method, "options": resolved,
+                                "mask": dataclasses.asdict(mask), "slices": slices,
+                                "seed": seed, "format": fmt})
+
+    def make(src: Path, out: Path) -> _Job:
+        return _Job(str(src), str(out), fmt, method, mask, slices, seed, batch_size, device,
+                    overwrite, options, settings, str(state), run_id, plugins)
+
+    jobs = _plan(files, out_dir, fmt, make)
+    failures = out_dir / FAILURES_FILE
+    failures.unlink(missing_ok=True)
+    results: dict[str, VolumeResult] = {}
+
+    def finish(job: _Job, res: VolumeResult, tb: str | None = None) -> None:
+        results[job.out] = res
+        if res.status == "failed":
+            with open(failures, "a") as f:
+                f.write(json.dumps({"file": res.file, "output": res.output, "error": res.error,
+                                    "attempts": res.attempts, "traceback": tb}) + "\n")
+        if on_result is not None:
+            on_result(res)
+
+    todo = []
+    for job in jobs:
+        prior = _prior_state(job)
+        if prior is None:
+            todo.append(job)
+        else:
+            finish(job, prior)
+
+    def from_task(job: _Job, out: dict[str, Any]) -> None:
+        finish(job, VolumeResult(job.src, job.out, out["status"], out["attempts"],
+                                 round(out["seconds"], 4), out.get("error"), out.get("record")),
+               out.get("traceback"))
+
+    if not todo:
+        executor = "none (nothing to run)"
+    elif ray is None:
+        executor = "in-process"
+        for job in todo:
+            from_task(job, _run_volume(job))
+    else:
+        executor = _on_ray(ray, todo, from_task, address=address, local_cpus=local_cpus,
+                           num_cpus=num_cpus, num_gpus=num_gpus, max_retries=max_retries)
+    shutil.rmtree(state / "runs" / run_id, ignore_errors=True)
+    ordered = [results[job.out] for job in jobs]
+    return BatchSummary(ordered, time.perf_counter() - start, executor, str(out_dir),
+                        str(failures) if failures.exists() else None)
