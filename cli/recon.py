@@ -1,20 +1,29 @@
-"""`medrecon recon`: reconstruct fastMRI-format HDF5 files with any registered method.
+"""`medrecon recon`: reconstruct fastMRI HDF5 files, DICOM MR series or NIfTI volumes.
 
     medrecon recon INPUT [INPUT ...] --method cg-sense [--mask equispaced_fraction
         --acceleration 4 --center-fraction 0.08 --seed 0] [--sample-seed N] [--slices a:b]
-        [--out OUT] [--format h5|nifti|dicom] [--overwrite] [--json] [--option key=value ...]
-        [--device cuda --batch-size 8] [--quiet]
+        [--steps N --solver S --cache C] [--coils 1] [--out OUT] [--format h5|nifti|dicom]
+        [--overwrite] [--json] [--option key=value ...] [--device cuda --batch-size 8] [--quiet]
 
-INPUT may be files or folders (every ``*.h5`` inside).  A file's own ``mask`` (test/challenge
-data) is used when present; otherwise the fully sampled data are undersampled retrospectively and
-scored against their RSS image.  ``--out`` is a file (one input) whose extension sets the format
--- ``.h5`` (fastMRI submission format, metadata as attrs), ``.nii``/``.nii.gz`` (NIfTI + JSON
-sidecar) -- or a folder: one output per input under the input's name, in ``--format`` (default
-h5; ``dicom`` writes one series folder per input, or the folder itself is the series when there is
-one input).  ``--seed`` (alias ``--mask-seed``) seeds the retrospective mask; ``--sample-seed``
-the diffusion sampler.  With ``--json`` one JSON object per
-volume is printed on stdout (schema: `medrecon.pipeline`); a bad file is reported on stderr, the
-batch continues and the exit code is 1.
+INPUT may be files or folders: a folder of ``*.h5`` / ``*.nii`` / ``*.nii.gz`` files (every one
+inside), else the folder is read as one DICOM series.  A fastMRI file's own ``mask``
+(test/challenge data) is used when present; otherwise the fully sampled data are undersampled
+retrospectively and scored against their RSS image.  DICOM and NIfTI hold images, not k-space:
+each slice is simulated as k-space (``--coils``, `medrecon.image_inputs`), undersampled with the
+mask, reconstructed and scored against the input slice.  ``--out`` is a file (one input) whose
+extension sets the format -- ``.h5`` (fastMRI submission format, metadata as attrs),
+``.nii``/``.nii.gz`` (NIfTI + JSON sidecar) -- or a folder: one output per input under the
+input's name, in ``--format`` (default h5; ``dicom`` writes one series folder per input, or the
+folder itself is the series when there is one input).  Outputs keep the input's geometry (a
+DICOM output of a DICOM input also its patient/study).  ``--seed`` (alias ``--mask-seed``) seeds
+the retrospective mask; ``--sample-seed`` the diffusion sampler.  ``--steps``/``--solver``/
+``--cache`` set the method options ``steps``/``solver``/``cache`` (an error for a method without
+that option).  CT inputs or CT methods go to `medrecon.ct.recon.run_cli`.
+
+With ``--json`` one JSON object per volume is printed on stdout (schema: `medrecon.pipeline`).
+Progress bars (per volume over slices, per sampling run over network evaluations) go to stderr
+when it is a terminal; ``--quiet`` silences them.  Exit codes: 0 all inputs done, 1 some inputs
+failed (each reported on stderr; the others still run), 2 usage error (nothing done).
 """
 from __future__ import annotations
 
@@ -24,11 +33,18 @@ from pathlib import Path
 
 OUTPUT_FORMATS = ("h5", "nifti", "dicom")  # = medrecon.pipeline.OUTPUT_FORMATS (lazy import)
 _EXT = {".h5": "h5", ".nii": "nifti", ".nii.gz": "nifti"}
+# sugar flag -> method option it sets
+SUGAR = {"steps": "steps", "solver": "solver", "cache": "cache"}
 
 
 def register(subparsers) -> None:
-    p = subparsers.add_parser("recon", help="reconstruct fastMRI-format HDF5 files")
-    p.add_argument("inputs", nargs="+", help="fastMRI .h5 files or folders of them")
+    p = subparsers.add_parser(
+        "recon", help="reconstruct fastMRI HDF5, DICOM MR series or NIfTI",
+        description="Reconstruct fastMRI HDF5 k-space, or DICOM MR series / NIfTI volumes "
+        "through retrospectively simulated k-space, with any registered method.  Exit codes: "
+        "0 all inputs done, 1 some inputs failed, 2 usage error.")
+    p.add_argument("inputs", nargs="+", help="fastMRI .h5 / .nii / .nii.gz files, DICOM series "
+                   "folders or files, or folders of .h5 / NIfTI files")
     p.add_argument("--method", default="cg-sense", help="see `medrecon methods`")
     p.add_argument("--mask", default="equispaced_fraction", help="mask kind for retrospective "
                    "undersampling (random, equispaced, equispaced_fraction, magic, ...)")
@@ -38,6 +54,15 @@ def register(subparsers) -> None:
     p.add_argument("--sample-seed", type=int, default=None,
                    help="sampler seed of diffusion methods (default: the method's, 0)")
     p.add_argument("--slices", default=None, help="slice range 'a:b' or one index")
+    p.add_argument("--steps", type=int, default=None,
+                   help="sampling steps: the method option 'steps' (diffusion methods)")
+    p.add_argument("--solver", default=None,
+                   help="generic solver (ddim, dpm-solver++, unipc, ...): the option 'solver'")
+    p.add_argument("--cache", default=None,
+                   help="feature cache (DeepCache) setting: the method option 'cache'")
+    p.add_argument("--coils", type=int, default=1,
+                   help="DICOM/NIfTI inputs: simulated coils (1: single-coil; N: the "
+                   "simulator's birdcage maps)")
     p.add_argument("--out", default=None,
                    help="output .h5/.nii/.nii.gz (one input) or folder")
     p.add_argument("--format", default=None, choices=OUTPUT_FORMATS,
@@ -48,22 +73,8 @@ def register(subparsers) -> None:
                    help="method option, repeatable (e.g. -o max_iter=20)")
     p.add_argument("--device", default=None, help="torch device, e.g. cuda")
     p.add_argument("--batch-size", type=int, default=1, help="slices per call (GPU: e.g. 8)")
-    p.add_argument("--quiet", action="store_true", help="no progress bar")
+    p.add_argument("--quiet", action="store_true", help="no progress bars")
     p.set_defaults(func=run)
-
-
-def _inputs(items: list[str]) -> list[Path]:
-    files: list[Path] = []
-    for item in items:
-        p = Path(item)
-        if p.is_dir():
-            found = sorted(p.glob("*.h5"))
-            if not found:
-                raise ValueError(f"{p}: folder contains no .h5 files")
-            files += found
-        else:
-            files.append(p)
-    return files
 
 
 def _options(pairs: list[str]) -> dict[str, str]:
@@ -76,8 +87,44 @@ def _options(pairs: list[str]) -> dict[str, str]:
     return out
 
 
+def _sugar(args) -> dict[str, str]:
+    """The option values set by --steps/--solver/--cache (conflicts with -o are usage errors)."""
+    given = {opt: str(getattr(args, flag)) for flag, opt in SUGAR.items()
+             if getattr(args, flag) is not None}
+    if args.steps is not None and args.steps < 1:
+        raise ValueError(f"--steps must be >= 1, got {args.steps}")
+    explicit = _options(args.option)
+    for opt, value in given.items():
+        if opt in explicit and explicit[opt] != value:
+            raise ValueError(f"--{opt} {value} contradicts -o {opt}={explicit[opt]}")
+    return given
+
+
+def _check_sugar(method: str, given: dict[str, str]) -> None:
+    """Each sugar flag needs its option in the method's option dataclass; name who has it."""
+    import dataclasses
+
+    from medrecon.registry import get_method, list_methods
+
+    fields = {f.name for f in dataclasses.fields(get_method(method).options)}
+    for opt in given:
+        if opt not in fields:
+            having = [s.name for s in list_methods()
+                      if opt in {f.name for f in dataclasses.fields(s.options)}]
+            raise ValueError(f"--{opt}: method {method!r} has no option {opt!r}; methods with it: "
+                             f"{', '.join(having) or '(none yet)'}")
+
+
 def _file_format(name: str) -> str | None:
     return next((f for ext, f in _EXT.items() if name.endswith(ext)), None)
+
+
+def _stem(src: Path) -> str:
+    name = src.name
+    for ext in (".nii.gz", ".nii", ".h5", ".dcm"):
+        if name.lower().endswith(ext):
+            return name[:-len(ext)]
+    return name
 
 
 def _out_path(out: str | None, src: Path, n_inputs: int,
@@ -98,38 +145,86 @@ def _out_path(out: str | None, src: Path, n_inputs: int,
         o.parent.mkdir(parents=True, exist_ok=True)
         return o, fmt
     o.mkdir(parents=True, exist_ok=True)
-    stem = src.name[:-3] if src.name.endswith(".h5") else src.stem
-    name = {"h5": src.name, "nifti": stem + ".nii.gz", "dicom": stem}[fmt]
+    stem = _stem(src)
+    name = {"h5": stem + ".h5", "nifti": stem + ".nii.gz", "dicom": stem}[fmt]
     return o / name, fmt
 
 
-def run(args) -> int:
-    from medrecon.pipeline import MaskSpec, reconstruct_file
-    from medrecon.registry import get_method, resolve_options
+def _ct_module():
+    """`medrecon.ct.recon` when it exists (None while it is not written yet)."""
+    import importlib
 
-    spec = get_method(args.method)  # fail early on an unknown method or option
-    options = _options(args.option)
-    resolve_options(spec, options)
+    try:
+        return importlib.import_module("medrecon.ct.recon")
+    except ModuleNotFoundError as exc:
+        if exc.name in ("medrecon.ct.recon", "medrecon.ct"):
+            return None
+        raise
+
+
+def _is_ct(ct, path: Path) -> bool:
+    """``ct.is_ct_input``; an unreadable input is not CT here (it fails as an MRI input, with
+    the reader's error, exit code 1)."""
+    try:
+        return path.exists() and bool(ct.is_ct_input(path))
+    except Exception:
+        return False
+
+
+def _check_usage(args) -> None:
     if args.acceleration < 1:
         raise ValueError(f"--acceleration must be >= 1, got {args.acceleration}")
     if not 0 < args.center_fraction < 1:
         raise ValueError(f"--center-fraction must be in (0, 1), got {args.center_fraction}")
     if args.batch_size < 1:
         raise ValueError(f"--batch-size must be >= 1, got {args.batch_size}")
+    if args.coils < 1:
+        raise ValueError(f"--coils must be >= 1, got {args.coils}")
+
+
+def run(args) -> int:
+    from tqdm.auto import tqdm
+
+    from medrecon.image_inputs import find_inputs
+
+    _check_usage(args)
+    sugar = _sugar(args)
+    files = find_inputs(args.inputs)
+    ct = _ct_module()
+    if ct is not None and (args.method in ct.CT_METHODS
+                           or any(_is_ct(ct, p) for p in files)):
+        explicit = _options(args.option)  # the sugar flags travel as options
+        args.option = list(args.option) + [f"{k}={v}" for k, v in sugar.items()
+                                           if k not in explicit]
+        return int(ct.run_cli(args, files) or 0)
+
+    from medrecon.pipeline import MaskSpec, reconstruct_file
+    from medrecon.registry import get_method, resolve_options
+
+    spec = get_method(args.method)  # fail early on an unknown method or option
+    _check_sugar(args.method, sugar)
+    options = {**_options(args.option), **sugar}
+    resolve_options(spec, options)
     acc = int(args.acceleration) if float(args.acceleration).is_integer() else args.acceleration
     mask = MaskSpec(args.mask, acc, args.center_fraction, args.seed)
-    files = _inputs(args.inputs)
+    plans = [_out_path(args.out, src, len(files), args.format) for src in files]  # usage: 2
+    seen: dict[Path, Path] = {}
+    for src, (out, _) in zip(files, plans):
+        if out is not None and seen.setdefault(out, src) != src:
+            raise ValueError(f"inputs {seen[out]} and {src} would both write {out}")
     progress = not args.quiet and sys.stderr.isatty()
     failed = 0
-    for src in files:
+    volumes = tqdm(list(zip(files, plans)), desc="volumes", unit="vol",
+                   disable=not progress or len(files) < 2, leave=False)
+    for src, (out, fmt) in volumes:
         try:
-            out, fmt = _out_path(args.out, src, len(files), args.format)
             rec = reconstruct_file(src, args.method, mask, args.slices, out, args.overwrite,
                                    progress, args.device, seed=args.sample_seed,
-                                   out_format=fmt, batch_size=args.batch_size, **options)
-        except (ValueError, OSError, KeyError) as exc:
+                                   out_format=fmt, batch_size=args.batch_size,
+                                   coils=args.coils, **options)
+        except (ValueError, OSError, KeyError, RuntimeError) as exc:
             failed += 1
-            print(f"medrecon recon: error: {src}: {exc}", file=sys.stderr)
+            tqdm.write(f"medrecon recon: error: {src}: {exc}", file=sys.stderr)
             continue
         if args.json:
             print(json.dumps(rec), flush=True)
@@ -138,5 +233,6 @@ def run(args) -> int:
             score = (f"PSNR {m['psnr']:.2f} dB  SSIM {m['ssim']:.4f}  NMSE {m['nmse']:.4f}"
                      if m else "no reference (file has its own mask)")
             dest = f" -> {rec['output']}" if rec["output"] else ""
-            print(f"{src.name}: {args.method} {rec['seconds']:.2f} s  {score}{dest}", flush=True)
+            tqdm.write(f"{src.name}: {args.method} {rec['seconds']:.2f} s  {score}{dest}",
+                       file=sys.stdout)
     return 1 if failed else 0

@@ -1,21 +1,30 @@
-"""``reconstruct_file``: a whole fastMRI-format volume through one method, slice by slice.
+"""``reconstruct_file``: a whole volume through one method, slice by slice.
 
-This is what ``medrecon recon`` runs for each input file; notebooks and pipelines call it
-directly and get the same record the CLI prints with ``--json``:
+Inputs (`medrecon.image_inputs.input_kind`): a fastMRI HDF5 file (k-space), or a DICOM MR
+series / NIfTI volume (images: k-space simulated retrospectively, `medrecon.image_inputs`).
+This is what ``medrecon recon`` runs for each input; notebooks and pipelines call it directly
+and get the same record the CLI prints with ``--json``:
 
 ``{"file", "method", "options", "nfe", "seconds", "seconds_per_slice", "slices", "shape",
-"recon_size", "mask", "seed", "output", "metrics"}`` where ``mask`` is ``"file"`` (the file's own
-mask: test/challenge data) or ``{"kind", "acceleration", "center_fraction", "seed",
-"sampled_fraction"}`` (retrospective undersampling), ``nfe`` is network evaluations per slice,
-``seconds`` the reconstruction time of the volume (sensitivity estimation included, file I/O
-excluded), and ``metrics`` = ``{"nmse", "psnr", "ssim"}`` against the fully sampled RSS image
-at the recon matrix (fastMRI conventions) when the input was fully sampled, else ``null``;
-``seed`` is the sampling seed of diffusion methods (``null``: the method's default).
+"recon_size", "mask", "metrics", "input_format", "simulation", "seed", "output"}`` where
+``mask`` is ``"file"`` (the file's own mask: test/challenge data) or ``{"kind",
+"acceleration", "center_fraction", "seed", "sampled_fraction"}`` (retrospective undersampling),
+``nfe`` is network evaluations per slice, ``seconds`` the reconstruction time of the volume
+(sensitivity estimation included, file I/O excluded), and ``metrics`` = ``{"nmse", "psnr",
+"ssim"}`` (fastMRI conventions) against the fully sampled RSS image at the recon matrix for a
+fully sampled fastMRI file, against the input magnitudes for an image input, else ``null``;
+``input_format`` is ``"fastmri"``, ``"dicom"`` or ``"nifti"``; ``simulation`` is ``null`` for
+k-space inputs, else ``{"kind", "coils", "phase", "phase_encoding", "reference"}``; ``seed`` is
+the sampling seed of diffusion methods (``null``: the method's default).
 
 ``out`` is written in the format of its extension (`output_format`): ``.h5`` the fastMRI
-submission file with the record's metadata as HDF5 attrs, ``.nii``/``.nii.gz`` NIfTI with the
-affine of the ISMRMRD recon FOV/matrix and a JSON sidecar, a folder (``out_format="dicom"`` or a
-path string ending in ``/``) a DICOM MR series (SeriesDescription ``"medrecon <method>"``).
+submission file with the record's metadata (and the LPS affine, ``affine_lps``) as HDF5 attrs,
+``.nii``/``.nii.gz`` NIfTI with a JSON sidecar, a folder (``out_format="dicom"`` or a path string
+ending in ``/``) a DICOM MR series (SeriesDescription ``"medrecon <method>"``,
+DerivationDescription with the options, NFE, time, seed and mask).  Geometry: a NIfTI input's
+own affine, a DICOM input's own grid (a DICOM output then also keeps its patient and study
+and cites the source images), for fastMRI the ISMRMRD recon FOV/matrix (`recon_affine`); with
+``slices`` the grid starts at the first selected slice.
 """
 from __future__ import annotations
 
@@ -36,7 +45,7 @@ from medrecon.physics.masks import make_mask
 from medrecon.reconstruct import reconstruct
 
 __all__ = ["MaskSpec", "reconstruct_file", "parse_slices", "output_format", "recon_affine",
-           "write_output", "OUTPUT_FORMATS"]
+           "write_output", "check_writable", "OUTPUT_FORMATS"]
 
 OUTPUT_FORMATS = ("h5", "nifti", "dicom")
 
@@ -73,17 +82,102 @@ def reconstruct_file(path, method: str = "cg-sense", mask: MaskSpec | None = Non
                      slices: str | None = None, out=None, overwrite: bool = False,
                      progress: bool = False, device: str | None = None,
                      seed: int | None = None, out_format: str | None = None,
-                     batch_size: int = 1, **options) -> dict[str, Any]:
-    """Reconstruct the selected slices of a fastMRI file; write ``out`` if given.
+                     batch_size: int = 1, coils: int = 1, **options) -> dict[str, Any]:
+    """Reconstruct the selected slices of a fastMRI file, DICOM MR series or NIfTI volume
+    (`medrecon.image_inputs.input_kind`); write ``out`` if given.
 
     ``seed`` seeds the sampler of each call (diffusion methods); ``batch_size`` slices are
     reconstructed per call (stochastic methods then draw different noise than one by one);
-    ``out_format`` overrides the format inferred from ``out`` (one of `OUTPUT_FORMATS`).
+    ``out_format`` overrides the format inferred from ``out`` (one of `OUTPUT_FORMATS`);
+    ``coils`` is the number of simulated coils for image inputs (`medrecon.image_inputs`).
+    ``progress`` shows a bar over the slices and, for diffusion methods, one over the network
+    evaluations.  An existing ``out`` is refused before any work unless ``overwrite``.
     """
+    from medrecon.image_inputs import input_kind
+
     if batch_size < 1:
         raise ValueError(f"batch_size must be >= 1, got {batch_size}")
     mask = mask or MaskSpec()
     fmt = output_format(out, out_format) if out is not None else None
+    if out is not None:
+        check_writable(out, fmt, overwrite)
+    run = _Runner(Path(path).name, method, seed, device, progress, options, batch_size)
+    if input_kind(path) == "fastmri":
+        pred, record, affine, reference = _fastmri_volume(path, mask, slices, batch_size, run)
+    else:
+        pred, record, affine, reference = _image_volume(path, mask, slices, batch_size, coils, run)
+    if out is not None:
+        record["output"] = str(write_output(out, pred, record, affine, fmt, overwrite,
+                                            reference=reference))
+    return record
+
+
+class _Runner:
+    """One method over the batches of a volume: timing, NFE, and the progress bars."""
+
+    def __init__(self, name, method, seed, device, progress, options, batch_size):
+        from medrecon.registry import get_method, options_to_dict, resolve_options
+
+        spec = get_method(method)
+        self.method, self.seed, self.device, self.options = method, seed, device, options
+        self.progress, self.name, self.batch_size = progress, name, batch_size
+        self.diffusion = spec.kind == "diffusion"
+        self.seconds, self.nfe = 0.0, 0
+        self.used = options_to_dict(resolve_options(spec, options))  # fail before any reading
+
+    def _reconstruct(self, k, m, smaps):
+        if self.device:
+            k = k.to(self.device)
+            smaps = smaps.to(self.device) if smaps is not None else None
+        res = reconstruct(k, m.to(k.device), self.method, smaps=smaps, seed=self.seed,
+                          **self.options)
+        self.seconds += res.seconds
+        self.nfe, self.used = res.nfe, res.options
+        return k, res
+
+    def __call__(self, batches, n_slices: int):
+        """Yield ``(batch, kspace, result)`` for each ``(batch, kspace, mask, smaps)``."""
+        from medrecon.progress import count_network_calls, step_total
+
+        runs = -(-n_slices // self.batch_size)
+        bar = tqdm(total=n_slices, desc=f"{self.name} [{self.method}]", unit="slice",
+                   disable=not self.progress, leave=False)
+        steps = None
+        if self.progress and self.diffusion:  # network evaluations, all runs of the volume
+            est = step_total(self.used)
+            steps = tqdm(total=est * runs if est else None, desc="  sampling", unit="NFE",
+                         leave=False)
+        try:
+            for i, (batch, k, m, smaps) in enumerate(batches):
+                if steps is None:
+                    k, res = self._reconstruct(k, m, smaps)
+                else:
+                    before = steps.n
+                    with count_network_calls(steps.update):
+                        k, res = self._reconstruct(k, m, smaps)
+                    if i == 0 and steps.n > before:  # the exact count, from the first run
+                        steps.total = (steps.n - before) * runs
+                        steps.refresh()
+                yield batch, k, res
+                bar.update(len(batch))
+        finally:
+            bar.close()
+            if steps is not None:
+                steps.close()
+
+    def record(self, path, rows: range, **fields) -> dict[str, Any]:
+        return {"file": str(path), "method": self.method, "options": self.used, "nfe": self.nfe,
+                "seconds": round(self.seconds, 4),
+                "seconds_per_slice": round(self.seconds / len(rows), 4),
+                "slices": [rows.start, rows.stop], **fields, "seed": self.seed, "output": None}
+
+
+def _chunks(rows: range, batch_size: int):
+    return [rows[j:j + batch_size] for j in range(0, len(rows), batch_size)]
+
+
+def _fastmri_volume(path, mask: MaskSpec, slices, batch_size: int, run: _Runner):
+    """fastMRI k-space: the file's own mask, or retrospective undersampling scored against RSS."""
     with FastMRIFile(path) as f:
         rows = parse_slices(slices, f.num_slices)
         H, W = f.shape[-2:]
@@ -94,44 +188,85 @@ def reconstruct_file(path, method: str = "cg-sense", mask: MaskSpec | None = Non
         else:
             m = make_mask(mask.kind, (H, W), mask.acceleration, mask.center_fraction,
                           seed=mask.seed)
-            mask_info = {"kind": mask.kind, "acceleration": mask.acceleration,
-                         "center_fraction": mask.center_fraction, "seed": mask.seed,
-                         "sampled_fraction": float(m.float().mean())}
+            mask_info = _mask_info(mask, m)
         crop = f.recon_size
-        preds, refs, seconds, nfe, used = [], [], 0.0, 0, {}
-        bar = tqdm(total=len(rows), desc=f"{Path(path).name} [{method}]", disable=not progress,
-                   unit="slice", leave=False)
-        for j in range(0, len(rows), batch_size):
-            batch = rows[j:j + batch_size]
-            k = torch.stack([f.read_slice(i)["kspace"] for i in batch])  # [B, (C,) H, W]
-            if not f.is_multicoil:
-                k = k.unsqueeze(1)
-            if batch_size == 1:
-                k = k[0]
-            if device:
-                k = k.to(device)
-            res = reconstruct(k, m.to(k.device), method, seed=seed, **options)
-            seconds += res.seconds
-            nfe = res.nfe
-            used = res.options
+
+        def batches():
+            for batch in _chunks(rows, batch_size):
+                k = torch.stack([f.read_slice(i)["kspace"] for i in batch])  # [B, (C,) H, W]
+                if not f.is_multicoil:
+                    k = k.unsqueeze(1)
+                yield batch, (k[0] if batch_size == 1 else k), m, None
+
+        preds, refs = [], []
+        for _, k, res in run(batches(), len(rows)):
             preds.extend(center_crop(res.magnitude, crop).cpu().numpy().reshape(-1, *crop))
             if own is None:  # fully sampled input: the reference is its RSS image
                 refs.extend(center_crop(rss(ifft2c(k)), crop).cpu().numpy().reshape(-1, *crop))
-            bar.update(len(batch))
-        bar.close()
         pred = np.stack(preds).astype(np.float32)
         metrics = evaluate(np.stack(refs), pred) if refs else None
-        record = {
-            "file": str(path), "method": method, "options": used, "nfe": nfe,
-            "seconds": round(seconds, 4), "seconds_per_slice": round(seconds / len(rows), 4),
-            "slices": [rows.start, rows.stop], "shape": list(f.shape),
-            "recon_size": list(crop), "mask": mask_info, "seed": seed, "output": None,
-            "metrics": metrics,
-        }
+        record = run.record(path, rows, shape=list(f.shape), recon_size=list(crop),
+                            mask=mask_info, metrics=metrics, input_format="fastmri",
+                            simulation=None)
         affine = recon_affine(f.header, crop, rows.start, f.num_slices)
-    if out is not None:
-        record["output"] = str(write_output(out, pred, record, affine, fmt, overwrite))
-    return record
+    return pred, record, affine, None
+
+
+def _image_volume(path, mask: MaskSpec, slices, batch_size: int, coils: int, run: _Runner):
+    """DICOM/NIfTI magnitudes: simulated k-space (`medrecon.image_inputs`), scored against |v|."""
+    from medrecon.image_inputs import read_image_volume, simulate_kspace, slab_series
+
+    iv = read_image_volume(path)
+    rows = parse_slices(slices, iv.volume.shape[0])
+    transpose = iv.phase_encoding == "rows"
+    H, W = iv.volume.shape[-2:][::-1] if transpose else iv.volume.shape[-2:]
+    m = make_mask(mask.kind, (H, W), mask.acceleration, mask.center_fraction, seed=mask.seed)
+
+    def batches():
+        for batch in _chunks(rows, batch_size):
+            k, smaps = simulate_kspace(torch.from_numpy(iv.volume[list(batch)]), coils,
+                                       iv.phase_encoding)
+            if batch_size == 1:
+                yield batch, k[0], m, smaps
+            else:
+                yield batch, k, m, smaps.expand(len(batch), *smaps.shape)
+
+    preds = []
+    for _, _, res in run(batches(), len(rows)):
+        mag = res.magnitude.reshape(-1, H, W)
+        preds.extend((mag.transpose(-2, -1) if transpose else mag).cpu().numpy())
+    pred = np.stack(preds).astype(np.float32)
+    ref = np.abs(iv.volume[rows.start:rows.stop])
+    simulation = {"kind": iv.kind, "coils": coils, "phase": "zero",
+                  "phase_encoding": iv.phase_encoding, "reference": "input magnitude"}
+    record = run.record(path, rows, shape=list(iv.volume.shape), recon_size=list(ref.shape[-2:]),
+                        mask=_mask_info(mask, m), metrics=evaluate(ref, pred),
+                        input_format=iv.kind, simulation=simulation)
+    reference = slab_series(iv.series, rows) if iv.series is not None else None
+    return pred, record, iv.slab_affine(rows.start), reference
+
+
+def _mask_info(mask: MaskSpec, m: torch.Tensor) -> dict[str, Any]:
+    return {"kind": mask.kind, "acceleration": mask.acceleration,
+            "center_fraction": mask.center_fraction, "seed": mask.seed,
+            "sampled_fraction": float(m.float().mean())}
+
+
+def check_writable(out, fmt: str, overwrite: bool) -> None:
+    """Refuse (FileExistsError) an existing output -- a NIfTI file or its JSON sidecar, a
+    non-empty DICOM folder, an .h5 file -- unless ``overwrite``; also before any work is done."""
+    if overwrite:
+        return
+    p = Path(out)
+    if fmt == "dicom":
+        clash = p.is_file() or (p.is_dir() and any(p.iterdir()))
+    elif fmt == "nifti":
+        from medrecon.datasets.nifti import sidecar_path
+        clash = p.exists() or sidecar_path(p).exists()
+    else:
+        clash = p.exists()
+    if clash:
+        raise FileExistsError(f"{p} exists; pass overwrite=True (--overwrite) to replace it")
 
 
 def output_format(out, fmt: str | None = None) -> str:
@@ -168,13 +303,20 @@ def recon_affine(header: ISMRMRDHeader | None, recon_size: tuple[int, int], firs
 
 
 def _metadata(record: dict[str, Any]) -> dict[str, Any]:
-    keys = ("method", "options", "nfe", "seconds", "seed", "mask", "file", "slices")
-    return {"software": "medrecon", **{k: record[k] for k in keys}}
+    keys = ("method", "options", "nfe", "seconds", "seed", "mask", "file", "slices",
+            "input_format", "simulation")
+    return {"software": "medrecon", **{k: record.get(k) for k in keys}}
 
 
 def write_output(out, pred: np.ndarray, record: dict[str, Any], affine: np.ndarray,
-                 fmt: str | None = None, overwrite: bool = False) -> Path:
-    """Write magnitudes ``pred`` ``[slices, rx, ry]`` with the record's metadata (module doc)."""
+                 fmt: str | None = None, overwrite: bool = False, *,
+                 reference=None) -> Path:
+    """Write magnitudes ``pred`` ``[slices, rx, ry]`` with the record's metadata (module doc).
+
+    ``affine``: LPS for ``(k, r, c)``.  ``reference``: the source `DicomSeries` of exactly these
+    slices (a DICOM input); a DICOM output then keeps its geometry, patient and study and cites
+    the source images.  HDF5 outputs store the affine as the ``affine_lps`` attr (JSON).
+    """
     from medrecon.datasets.geometry import lps_to_ras
 
     fmt = output_format(out, fmt)
@@ -186,14 +328,15 @@ def write_output(out, pred: np.ndarray, record: dict[str, Any], affine: np.ndarr
         return write_nifti(pred, out, lps_to_ras(affine), overwrite=overwrite, sidecar=meta)
     if fmt == "dicom":
         from medrecon.datasets.dicom import write_dicom_series
-        params = json.dumps({k: meta[k] for k in ("options", "nfe", "seed", "mask")})
-        return write_dicom_series(pred, out, affine=affine, modality="MR", anonymize=True,
+        params = json.dumps({k: meta[k] for k in ("options", "nfe", "seconds", "seed", "mask")})
+        geometry = {"affine": affine} if reference is None else {"reference": reference}
+        return write_dicom_series(pred, out, modality="MR", anonymize=reference is None,
                                   series_description=f"medrecon {record['method']}",
                                   derivation_description=f"medrecon {record['method']} {params}",
-                                  overwrite=overwrite)
+                                  overwrite=overwrite, **geometry)
     with atomic_h5(out, overwrite) as f:  # fastMRI submission format + metadata attrs
         f.create_dataset("reconstruction", data=pred.astype(np.float32))
-        for key, val in meta.items():
+        for key, val in {**meta, "affine_lps": np.asarray(affine).tolist()}.items():
             if val is not None:
                 f.attrs[key] = json.dumps(val) if isinstance(val, (dict, list)) else val
     return Path(out)

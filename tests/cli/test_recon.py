@@ -11,7 +11,7 @@ from medrecon.datasets.fastmri import FastMRIFile, write_fastmri
 from medrecon.physics.masks import make_mask
 
 KEYS = {"file", "method", "options", "nfe", "seconds", "seconds_per_slice", "slices", "shape",
-        "recon_size", "mask", "seed", "output", "metrics"}
+        "recon_size", "mask", "seed", "output", "metrics", "input_format", "simulation"}
 # 64 columns: the default centre fraction 0.08 keeps 5 ACS lines, too few for ESPIRiT.
 ACS = ["--center-fraction", "0.16"]
 
@@ -32,6 +32,7 @@ def test_json_schema_and_metrics(demo, capsys, tmp_path):
                  "-o", "max_iter=5", "--quiet", *ACS]) == 0
     (rec,) = _records(capsys)
     assert set(rec) == KEYS
+    assert rec["input_format"] == "fastmri" and rec["simulation"] is None
     assert rec["nfe"] == 0 and rec["options"]["max_iter"] == 5 and rec["slices"] == [0, 2]
     assert rec["mask"]["kind"] == "equispaced_fraction" and rec["mask"]["acceleration"] == 4
     assert set(rec["metrics"]) == {"nmse", "psnr", "ssim"}

@@ -74,5 +74,5 @@ def test_dicom_series(demo, tmp_path):
 def test_folder_outputs_and_errors(demo, tmp_path, capsys):
     assert _run(demo, "--out", str(tmp_path / "o"), "--format", "nifti") == 0
     assert (tmp_path / "o" / "demo.nii.gz").is_file() and (tmp_path / "o" / "demo.json").is_file()
-    assert _run(demo, "--out", str(tmp_path / "x.h5"), "--format", "nifti") == 1
+    assert _run(demo, "--out", str(tmp_path / "x.h5"), "--format", "nifti") == 2  # usage
     assert "contradicts" in capsys.readouterr().err

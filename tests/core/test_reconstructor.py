@@ -51,8 +51,8 @@ def test_errors_at_construction():
         Reconstructor("nope")
     with pytest.raises(ValueError, match="valid options"):
         Reconstructor("cg-sense", iters=3)
-    with pytest.raises(ValueError, match="checkpoint="):
-        Reconstructor("dds")
+    with pytest.raises(ValueError, match="checkpoint="):  # no shipped prior fits it
+        Reconstructor("spirit-diffusion", device="cpu")
 
 
 def test_checkpoint_loaded_once(tmp_path, monkeypatch):
@@ -90,3 +90,26 @@ def test_reconstruct_file(tmp_path):
     # the Python API: a path string ending in "/" is a DICOM series folder
     rec = Reconstructor("zero-filled").reconstruct_file(demo, spec, out=f"{tmp_path}/dcm/")
     assert len(read_dicom_series(tmp_path / "dcm").files) == 2
+
+
+def test_score_prior_method_loaded_once_with_device(tmp_path, monkeypatch):
+    """hfs-sde's VE score prior goes through its own loader (a VP loader would reject it)."""
+    from medrecon.models import checkpoint
+    from medrecon.models.checkpoint import save_checkpoint
+    from medrecon.models.hfs_loss import HFSSDE
+    from medrecon.models.networks import build_unet, preset
+    from medrecon.models.schedules import VE
+    from medrecon.models.wrapper import DiffusionModel
+
+    cfg = preset("tiny")
+    model = DiffusionModel(build_unet(cfg, seed=0), VE(0.01, 50.0), "score", network_config=cfg)
+    ck = str(save_checkpoint(tmp_path / "hfs", model, {"network": cfg,
+                                                        "hfs": HFSSDE(4).to_dict()}))
+    loads = []
+    real = checkpoint.load_model
+    monkeypatch.setattr(checkpoint, "load_model", lambda p, **kw: loads.append(p) or real(p, **kw))
+    rec = Reconstructor("hfs-sde", device="cpu", checkpoint=ck, steps=2)
+    assert len(loads) == 1
+    k, mask, smaps = _data()
+    a, b = rec(k, mask, smaps, seed=0), rec(k, mask, smaps, seed=0)
+    assert len(loads) == 1 and a.nfe == b.nfe > 0 and torch.equal(a.image, b.image)
