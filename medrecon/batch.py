@@ -130,16 +130,21 @@ class _Job:
     plugins: tuple[str, ...] = field(default=())
 
 
+_VOLUME_SUFFIXES = (".h5", ".nii.gz", ".nii")
+
+
 def find_inputs(inputs: str | Path | Iterable[str | Path]) -> list[Path]:
-    """Files as given, folders as every ``*.h5`` inside (sorted); an empty folder is an error."""
+    """Files as given; a folder -> every fastMRI ``*.h5`` / NIfTI ``*.nii(.gz)`` inside and every
+    sub-folder (one DICOM series each), sorted; a folder holding none of them is an error."""
     items = [inputs] if isinstance(inputs, (str, Path)) else list(inputs)
     files: list[Path] = []
     for item in items:
         p = Path(item)
         if p.is_dir():
-            found = sorted(p.glob("*.h5"))
+            found = sorted(q for q in p.iterdir() if not q.name.startswith(".") and (
+                q.is_dir() or (q.is_file() and q.name.lower().endswith(_VOLUME_SUFFIXES))))
             if not found:
-                raise ValueError(f"{p}: folder contains no .h5 files")
+                raise ValueError(f"{p}: folder contains no .h5/.nii/.nii.gz files or DICOM series folders")
             files += found
         else:
             files.append(p)
@@ -149,9 +154,10 @@ def find_inputs(inputs: str | Path | Iterable[str | Path]) -> list[Path]:
 
 
 def output_name(src: Path, fmt: str) -> str:
-    """The output of ``src`` in ``fmt``: ``x.h5`` -> ``x.h5`` / ``x.nii.gz`` / ``x`` (a folder)."""
-    stem = src.name[:-3] if src.name.endswith(".h5") else src.stem
-    return {"h5": src.name, "nifti": stem + ".nii.gz", "dicom": stem}[fmt]
+    """The output of ``src`` in ``fmt``: ``x.h5``/``x.nii.gz``/``x/`` -> ``x.h5`` / ``x.nii.gz`` / ``x`` (a folder)."""
+    name = src.name
+    stem = next((name[: -len(s)] for s in _VOLUME_SUFFIXES if name.lower().endswith(s)), name)
+    return {"h5": stem + ".h5", "nifti": stem + ".nii.gz", "dicom": stem}[fmt]
 
 
 def load_plugins(plugins: Sequence[str]) -> None:

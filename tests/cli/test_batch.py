@@ -258,3 +258,20 @@ def test_bad_arguments_fail_before_running(no_ray, volumes, tmp_path):
         run_batch([volumes / "vol0.h5", twin / "vol0.h5"], tmp_path / "x", "zero-filled")
     assert main(["batch", str(tmp_path / "twin"), "--out", str(tmp_path / "y"),
                  "--acceleration", "0.5"]) == 2
+
+
+def test_find_inputs_lists_volumes_and_series_folders(tmp_path):
+    from medrecon.batch import find_inputs, output_name
+
+    for name in ("b.h5", "a.nii.gz", "c.nii", "notes.txt", ".hidden.h5"):
+        (tmp_path / name).write_bytes(b"")
+    (tmp_path / "series1").mkdir()
+    found = [p.name for p in find_inputs(tmp_path)]
+    assert found == ["a.nii.gz", "b.h5", "c.nii", "series1"]
+    assert [output_name(tmp_path / n, "nifti") for n in found] == ["a.nii.gz", "b.nii.gz", "c.nii.gz", "series1.nii.gz"]
+    assert output_name(tmp_path / "a.nii.gz", "h5") == "a.h5"
+    assert output_name(tmp_path / "b.h5", "dicom") == "b"
+    empty = tmp_path / "empty"
+    empty.mkdir()
+    with pytest.raises(ValueError, match="no .h5/.nii"):
+        find_inputs(empty)
