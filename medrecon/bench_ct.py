@@ -4,7 +4,9 @@ One process, same image (resized Shepp-Logan) and angles; best of ``repeats`` af
 milliseconds per slice.  skimage runs on the CPU, one slice at a time (it has no batch axis);
 ours runs on ``device`` (CPU or CUDA, synchronised) for one slice and, where ``batch > 1``,
 per slice of a batch.  Outputs are compared with skimage so a fast wrong operator shows up.
-Script function only (``python -m medrecon.bench_ct``); not wired into the CLI yet.
+Script only (``python -m medrecon.bench_ct``): ``medrecon bench ct`` is the low-dose denoising
+benchmark (`medrecon.ct.bench`); these operator timings stay a separate script so that benchmark
+does not also spend minutes on 512x512 projector timings.
 """
 from __future__ import annotations
 

@@ -21,7 +21,9 @@ beyond it: one ``grid_sample`` over all angles of a chunk (transient ``chunk x B
 - Fan, flat detector (K & S 3.4.2), on the virtual detector through the centre
   (``s = a R / (R + D)``): ``R' = p R / sqrt(R^2 + s^2)``, ``Q = R' * h / 2``,
   ``f = (2 pi / K) sum Q(s') / U^2`` with ``U = (R + x.d) / R``.
-  Full scan only: angles must cover [0, 2 pi); short-scan (Parker) weights are not provided.
+  Full scan: angles cover [0, 2 pi).  Short scan (``short_scan=True``): views over at least
+  ``pi + 2 gamma_max``, Parker weights (module `ct_parker`) applied before filtering and
+  ``f = 2 dbeta sum w Q / L^2``.
 
 The output is zeroed outside the field of view (inscribed circle of the image, and for fan beam
 the circle of radius ``fov_radius`` every projection sees), as skimage does with ``circle=True``.
@@ -174,10 +176,12 @@ def _backproject(q: torch.Tensor, geo, grids) -> torch.Tensor:
     return out
 
 
-def fbp(sinogram: torch.Tensor, geometry, filter: str = "ramp") -> torch.Tensor:
+def fbp(sinogram: torch.Tensor, geometry, filter: str = "ramp", *,
+        short_scan: bool = False) -> torch.Tensor:
     """Filtered backprojection ``[..., n_angles, n_detectors] -> [..., N, N]`` (see module doc).
 
     Units follow the geometry: line integrals (dimensionless) in, attenuation in 1/mm out.
+    ``short_scan=True`` (fan beam only): Parker-weighted FBP of a scan over ``pi + 2 gamma_max``.
     """
     if not isinstance(geometry, (ParallelBeam, FanBeam)):
         raise ValueError(f"geometry must be a ParallelBeam or FanBeam, got "
@@ -189,11 +193,23 @@ def fbp(sinogram: torch.Tensor, geometry, filter: str = "ramp") -> torch.Tensor:
     if not torch.isfinite(sinogram).all():
         raise ValueError("sinogram contains NaN or Inf")
     fan = isinstance(geo, FanBeam)
-    check_angle_coverage(geo.angles, 2 * math.pi if fan else math.pi,
-                         "full-scan fan-beam FBP" if fan else "parallel-beam FBP")
+    weights = None
+    if short_scan:
+        if not fan:
+            raise ValueError("short_scan=True applies to fan-beam geometries (parallel-beam FBP "
+                             "needs [0, pi) only)")
+        from .ct_parker import parker_weights
+
+        weights, dbeta = parker_weights(geo)
+    else:
+        check_angle_coverage(geo.angles, 2 * math.pi if fan else math.pi,
+                             "full-scan fan-beam FBP (a short scan over pi + 2 gamma_max needs "
+                             "short_scan=True)" if fan else "parallel-beam FBP")
     lead = sinogram.shape[:-2]
     k, nd = geo.sinogram_shape
     p = sinogram.reshape(-1, k, nd)
+    if weights is not None:
+        p = p * weights.to(p.device, p.dtype)
     dev, dt = p.device, p.dtype
     size, before, after = _pad(nd)
     c0 = geo.det_center + before  # centre index on the extended detector
@@ -217,7 +233,7 @@ def fbp(sinogram: torch.Tensor, geometry, filter: str = "ramp") -> torch.Tensor:
     else:
         r = geo.source_distance
         sdd = r + geo.detector_distance
-        scale = 2 * math.pi / k
+        scale = 2 * dbeta if weights is not None else 2 * math.pi / k
         if geo.detector == "equiangular":
             da = geo.detector_spacing / sdd
             pre = (r * torch.cos(det / sdd)).to(dev, dt)

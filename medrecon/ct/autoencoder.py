@@ -217,17 +217,21 @@ def train_autoencoder(config: AEConfig | dict | str | CTAutoencoder, data, *, st
                       use_ldct: bool = True, scale_latents: bool = True, grad_clip: float | None = 1.0,
                       seed: int = 0, device: str | torch.device = "cpu",
                       out_dir: str | os.PathLike | None = None, overwrite: bool = False,
-                      progress: bool = False) -> AETrainResult:
+                      progress: bool = False, start_step: int = 0,
+                      extra: dict | None = None) -> AETrainResult:
     """Train an autoencoder on CT slices and freeze it.
 
     ``data``: a ``CTPairDataset``, a (ndct, ldct) tensor pair or any dataset of (ndct, ldct) pairs
     (both are used when ``use_ldct``), or one image tensor ``[S, 1, H, W]``.  With ``out_dir`` the frozen model is saved
-    there (``save_autoencoder``).  Returns the autoencoder (eval mode, frozen), losses and time.
+    there (``save_autoencoder``, with ``extra`` in its JSON).  Returns the autoencoder (eval mode,
+    frozen), losses and time.  To continue a run pass the loaded ``CTAutoencoder`` and
+    ``start_step`` (its trainable weights are switched back on).
     """
     check_steps(steps, batch_size)
     device = torch.device(device)
     ae = config if isinstance(config, CTAutoencoder) else build_autoencoder(config, seed=seed)
     ae.to(device)
+    ae.requires_grad_(True)
     x_all = _images(data, use_ldct).to(device)
     ae._check(x_all[:1])
 
@@ -236,7 +240,7 @@ def train_autoencoder(config: AEConfig | dict | str | CTAutoencoder, data, *, st
         return ae_loss(ae, x_all[idx], kl_weight, g)
 
     res: FitResult = fit(ae.net, loss_fn, steps=steps, lr=lr, seed=seed, device=device,
-                         grad_clip=grad_clip, progress=progress)
+                         grad_clip=grad_clip, progress=progress, start_step=start_step)
     if scale_latents:
         with torch.no_grad():
             nd = _images(data, False).to(device)
@@ -244,7 +248,10 @@ def train_autoencoder(config: AEConfig | dict | str | CTAutoencoder, data, *, st
             std = float(mu.std())
         ae.scale_factor = 1.0 / std if std > 1e-8 else 1.0
     freeze(ae)
-    path = save_autoencoder(out_dir, ae, step=steps, overwrite=overwrite) if out_dir is not None else None
+    path = None
+    if out_dir is not None:
+        path = save_autoencoder(out_dir, ae, step=int(start_step) + steps, overwrite=overwrite,
+                                extra=extra)
     return AETrainResult(ae, res.losses, res.seconds, path)
 
 

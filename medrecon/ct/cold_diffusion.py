@@ -226,11 +226,14 @@ def train_cold_diffusion(config: UNetConfig | dict | str | LatentColdDiffusion, 
                          batch_size: int = 8, lr: float = 5e-4, loss: str = "l1",
                          ema_decay: float | None = None, grad_clip: float | None = 1.0, seed: int = 0,
                          device: str | torch.device = "cpu", out_dir: str | os.PathLike | None = None,
-                         overwrite: bool = False, progress: bool = False) -> ColdTrainResult:
+                         overwrite: bool = False, progress: bool = False, start_step: int = 0,
+                         ema_state: dict | None = None, extra: dict | None = None) -> ColdTrainResult:
     """Train the latent z0-predictor on (NDCT, LDCT) pairs with the frozen ``autoencoder``.
 
     ``data``: a ``CTPairDataset``, a (ndct, ldct) tensor pair ``[S, 1, H, W]`` or a dataset of pairs.
-    With ``out_dir`` the trained model is saved there (``save_cold_diffusion``; EMA weights too).
+    With ``out_dir`` the trained model is saved there (``save_cold_diffusion``; EMA weights too,
+    ``extra`` in its JSON).  To continue a run pass the loaded model, ``start_step`` and
+    ``ema_state`` (see ``medrecon.ct.fit``).
     """
     import time
 
@@ -259,12 +262,13 @@ def train_cold_diffusion(config: UNetConfig | dict | str | LatentColdDiffusion, 
         idx = torch.randint(0, z0_all.shape[0], (batch_size,), generator=g, device=device)
         return cold_loss(model, z0_all[idx], zT_all[idx], g, loss)
 
+    model.net.requires_grad_(True)
     res = fit(model.net, loss_fn, steps=steps, lr=lr, seed=seed, device=device, ema_decay=ema_decay,
-              grad_clip=grad_clip, progress=progress)
+              grad_clip=grad_clip, progress=progress, start_step=start_step, ema_state=ema_state)
     path = None
     if out_dir is not None:
-        path = save_cold_diffusion(out_dir, model, ema=res.ema.shadow if res.ema else None, step=steps,
-                                   overwrite=overwrite)
+        path = save_cold_diffusion(out_dir, model, ema=res.ema.shadow if res.ema else None,
+                                   step=int(start_step) + steps, overwrite=overwrite, extra=extra)
     return ColdTrainResult(model, res.losses, res.seconds, enc_s, res.ema, path)
 
 

@@ -5,7 +5,15 @@ rank=0, step)`` (all randomness of step k -- batch indices, t, noise -- depends 
 (seed, k)), AdamW, gradient-norm clipping and the ``EMA`` class.  ``medrecon.models.train.train``
 itself cannot be called: it trains unconditional Gaussian priors on a dataset of clean images,
 while these objectives need (NDCT, LDCT) pairs, a KL term or a cold degradation.
-Single process, no mixed precision, no resume (checkpoints are written at the end by the callers).
+Single process, no mixed precision.  Checkpoints are written at the end by the callers; a run can
+be continued from saved weights with ``start_step`` (step k still draws from ``(seed, k)``, so the
+batches do not repeat) and ``ema_state`` (the saved EMA); the AdamW moments are not saved and
+restart from zero.
+
+EMA with warm-up: the effective decay at update k (counted from 0 over the whole run) is
+``min(decay, (1 + k) / (10 + k))`` (diffusers' ``EMAModel`` formula without
+``use_ema_warmup``), so a short CPU run is not dominated by the random initial weights (with a
+fixed 0.999 they would still weigh 0.999^3000 = 5 % after 3000 steps).
 """
 from __future__ import annotations
 
@@ -18,7 +26,26 @@ import torch.nn as nn
 
 from medrecon.models.train import EMA, step_generator
 
-__all__ = ["FitResult", "fit", "check_steps"]
+__all__ = ["FitResult", "WarmupEMA", "fit", "check_steps"]
+
+
+class WarmupEMA(EMA):
+    """``EMA`` whose decay at update k is ``min(decay, (1 + k) / (10 + k))``."""
+
+    def __init__(self, module: nn.Module, decay: float, start: int = 0,
+                 state: dict[str, torch.Tensor] | None = None) -> None:
+        super().__init__(module, decay)
+        self.max_decay = self.decay
+        self.count = int(start)
+        if state is not None:
+            self.load_state_dict(state)
+
+    @torch.no_grad()
+    def update(self, module: nn.Module) -> None:
+        k = self.count
+        self.decay = min(self.max_decay, (1.0 + k) / (10.0 + k))
+        super().update(module)
+        self.count += 1
 
 
 @dataclass
@@ -36,11 +63,16 @@ def check_steps(steps: int, batch_size: int) -> None:
 
 def fit(net: nn.Module, loss_fn: Callable[[torch.Generator], torch.Tensor], *, steps: int,
         lr: float, seed: int, device: torch.device, ema_decay: float | None = None,
-        grad_clip: float | None = 1.0, params=None, progress: bool = False) -> FitResult:
-    """Run ``steps`` AdamW steps on ``loss_fn(generator)``; the net is left in eval mode."""
+        grad_clip: float | None = 1.0, params=None, progress: bool = False, start_step: int = 0,
+        ema_state: dict[str, torch.Tensor] | None = None) -> FitResult:
+    """Run ``steps`` AdamW steps (numbered ``start_step ..``) on ``loss_fn(generator)``; the net is
+    left in eval mode.  ``ema_state`` seeds the EMA when continuing a run."""
     params = list(net.parameters()) if params is None else list(params)
     opt = torch.optim.AdamW(params, lr=lr, weight_decay=0.0)
-    ema = EMA(net, ema_decay) if ema_decay else None
+    start = int(start_step)
+    if start < 0:
+        raise ValueError(f"start_step: expected >= 0, got {start_step!r}")
+    ema = WarmupEMA(net, ema_decay, start, ema_state) if ema_decay else None
     res = FitResult(ema=ema)
     pbar = None
     if progress:
@@ -49,7 +81,7 @@ def fit(net: nn.Module, loss_fn: Callable[[torch.Generator], torch.Tensor], *, s
     net.train()
     t0 = time.perf_counter()
     try:
-        for step in range(int(steps)):
+        for step in range(start, start + int(steps)):
             g = step_generator(seed, 0, step, device)
             loss = loss_fn(g)
             if not torch.isfinite(loss):

@@ -107,9 +107,11 @@ def train_pixel_ddpm(config: UNetConfig | dict | str | ConditionalDDPM, data, *,
                      batch_size: int = 8, lr: float = 5e-4, betas: torch.Tensor | None = None,
                      ema_decay: float | None = None, grad_clip: float | None = 1.0, seed: int = 0,
                      device: str | torch.device = "cpu", out_dir: str | os.PathLike | None = None,
-                     overwrite: bool = False, progress: bool = False) -> PixelTrainResult:
+                     overwrite: bool = False, progress: bool = False, start_step: int = 0,
+                     ema_state: dict | None = None, extra: dict | None = None) -> PixelTrainResult:
     """Train the conditional denoiser on (NDCT, LDCT) pairs (``CTPairDataset``, a tensor pair or a
-    dataset of pairs).  With ``out_dir`` it is saved there (``save_pixel_ddpm``, EMA too)."""
+    dataset of pairs).  With ``out_dir`` it is saved there (``save_pixel_ddpm``, EMA too, ``extra``
+    in its JSON).  To continue a run pass the loaded model, ``start_step`` and ``ema_state``."""
     check_steps(steps, batch_size)
     device = torch.device(device)
     nd, ld = pair_tensors(data)
@@ -125,39 +127,68 @@ def train_pixel_ddpm(config: UNetConfig | dict | str | ConditionalDDPM, data, *,
         idx = torch.randint(0, nd.shape[0], (batch_size,), generator=g, device=device)
         return ddpm_loss(model, nd[idx], ld[idx], g)
 
+    model.net.requires_grad_(True)
     res = fit(model.net, loss_fn, steps=steps, lr=lr, seed=seed, device=device, ema_decay=ema_decay,
-              grad_clip=grad_clip, progress=progress)
+              grad_clip=grad_clip, progress=progress, start_step=start_step, ema_state=ema_state)
     path = None
     if out_dir is not None:
-        path = save_pixel_ddpm(out_dir, model, ema=res.ema.shadow if res.ema else None, step=steps,
-                               overwrite=overwrite)
+        path = save_pixel_ddpm(out_dir, model, ema=res.ema.shadow if res.ema else None,
+                               step=int(start_step) + steps, overwrite=overwrite, extra=extra)
     return PixelTrainResult(model, res.losses, res.seconds, res.ema, path)
 
 
 class _CountingEps:
-    def __init__(self, model: ConditionalDDPM, cond: torch.Tensor) -> None:
+    """eps_theta([x, cond], t), counting network calls; with ``ldct_above = t_c`` the timesteps
+    t >= t_c get eps = (x - sqrt(abar_t) cond) / sqrt(1 - abar_t), i.e. x0 estimate = cond,
+    without a network call."""
+
+    def __init__(self, model: ConditionalDDPM, cond: torch.Tensor, ldct_above: int | None = None) -> None:
         self.model, self.cond, self.nfe = model, cond, 0
+        self.ldct_above = ldct_above
+        if ldct_above is not None:
+            from medrecon.sample import _alphas_cumprod
+
+            self.acp = _alphas_cumprod(model.betas)
 
     def __call__(self, x: torch.Tensor, t) -> torch.Tensor:
+        cond = self.cond.to(x.device)
+        if self.ldct_above is not None:
+            tt = torch.as_tensor(t).detach().cpu().double().reshape(-1)
+            if bool((tt != tt.round()).any()):
+                raise ValueError("ldct_above needs a solver with integer timesteps (ddpm, ddim, "
+                                 "dpm-solver++, unipc, pndm)")
+            if int(tt.max()) >= self.ldct_above:
+                a = float(self.acp[int(tt.max())])
+                return (x - a ** 0.5 * cond.to(x.dtype)) / (1.0 - a) ** 0.5
         self.nfe += 1
         with torch.no_grad():
-            return self.model(x, t, self.cond.to(x.device))
+            return self.model(x, t, cond)
 
 
-def conditional_eps_fn(model: ConditionalDDPM, ldct: torch.Tensor) -> Callable[[torch.Tensor, Any], torch.Tensor]:
+def conditional_eps_fn(model: ConditionalDDPM, ldct: torch.Tensor,
+                       ldct_above: int | None = None) -> Callable[[torch.Tensor, Any], torch.Tensor]:
     """``eps_fn(x, t)`` for ``medrecon.sample.sample``: concatenates ``ldct`` as the extra channel.
-    The returned callable counts its calls in ``.nfe``."""
-    return _CountingEps(model, ldct)
+    The returned callable counts its network calls in ``.nfe`` (see ``sample_pixel_ddpm`` for
+    ``ldct_above``)."""
+    return _CountingEps(model, ldct, ldct_above)
 
 
 @torch.no_grad()
 def sample_pixel_ddpm(model: ConditionalDDPM, ldct: torch.Tensor, solver: str = "ddim", steps: int = 50,
                       generator: torch.Generator | None = None, x_T: torch.Tensor | None = None,
+                      clip_x0: float | None = None, ldct_above: int | None = None,
                       **solver_options) -> tuple[torch.Tensor, int]:
     """Denoise normalised LDCT ``[B, 1, H, W]`` with ``medrecon.sample.sample``; returns (image, NFE).
 
     E.g. ``solver="ddpm", steps=1000``; ``"ddim", 50``; ``"dpm-solver++", 20``.  ``x_T`` defaults to
-    N(0, I) noise drawn from ``generator`` on ldct's device.
+    N(0, I) noise drawn from ``generator`` on ldct's device.  ``clip_x0=B`` clips every x0 estimate
+    to [-B, B] (HU / 1000; e.g. 2 = +-2000 HU) through the solvers' ``dc`` hook, which recomputes
+    eps from the clipped x0 (diffusers' ``clip_sample``): it keeps the deterministic solvers of an
+    under-trained model from diverging (docs/bench_ct.md, "Why DDIM eta=0 diverges").
+    ``ldct_above=t_c``: at timesteps t >= t_c the x0 estimate is the LDCT itself and the network
+    is not called (NFE counts only real calls).  Deterministic solvers then start, in effect,
+    from the diffused LDCT at t_c (CCDF / SDEdit-style warm start), which bypasses the
+    under-trained model's eps errors at large t that make DDIM eta=0 and DPM-Solver++ diverge.
     """
     from medrecon.sample import sample
 
@@ -170,7 +201,20 @@ def sample_pixel_ddpm(model: ConditionalDDPM, ldct: torch.Tensor, solver: str = 
         raise ValueError(f"x_T: shape {tuple(x_T.shape)} differs from ldct {tuple(ldct.shape)}")
     was = model.training
     model.eval()
-    eps_fn = conditional_eps_fn(model, ldct)
+    if ldct_above is not None and (isinstance(ldct_above, bool) or int(ldct_above) != ldct_above
+                                   or int(ldct_above) < 0):
+        raise ValueError(f"ldct_above: expected a timestep >= 0, got {ldct_above!r}")
+    eps_fn = conditional_eps_fn(model, ldct, None if ldct_above is None else int(ldct_above))
+    if clip_x0 is not None:
+        b = float(clip_x0)
+        if not b > 0:
+            raise ValueError(f"clip_x0: expected a positive bound (HU / 1000), got {clip_x0!r}")
+        user_dc = solver_options.pop("dc", None)
+
+        def dc(x0, t, b=b, user_dc=user_dc):
+            x0 = x0.clamp(-b, b)
+            return user_dc(x0, t) if user_dc is not None else x0
+        solver_options["dc"] = dc
     out = sample(eps_fn, x_T, solver=solver, steps=steps, betas=model.betas, generator=generator,
                  **solver_options)
     model.train(was)
@@ -178,10 +222,12 @@ def sample_pixel_ddpm(model: ConditionalDDPM, ldct: torch.Tensor, solver: str = 
 
 
 def save_pixel_ddpm(directory: str | os.PathLike, model: ConditionalDDPM, *,
-                    ema: dict[str, torch.Tensor] | None = None, step: int = 0, overwrite: bool = False) -> Path:
-    """Checkpoint through ``medrecon.models.checkpoint.save_checkpoint`` (safetensors + JSON)."""
+                    ema: dict[str, torch.Tensor] | None = None, step: int = 0, overwrite: bool = False,
+                    extra: dict | None = None) -> Path:
+    """Checkpoint through ``medrecon.models.checkpoint.save_checkpoint`` (safetensors + JSON);
+    ``extra`` (JSON-able) is stored in its ``extra`` entry next to the kind and conditioning."""
     return save_checkpoint(directory, model.as_diffusion_model(),
-                           {"network": model.network_config, "kind": PIXEL_KIND,
+                           {**(extra or {}), "network": model.network_config, "kind": PIXEL_KIND,
                             "condition": "ldct concatenated as input channel(s) after x_t",
                             "normalization": "HU / 1000"},
                            ema=ema, step=step, overwrite=overwrite)
