@@ -11,7 +11,11 @@ Presets:
 - ``"tiny"``: channels (16, 32), one ResNet block per level, no attention in the levels
   (the middle block always has one) -- about 164k parameters, for tests and CPU smoke runs.
 - ``"small"``: channels (32, 64, 128), two ResNet blocks per level, attention at the deepest
-  level -- about 3.9M parameters, the CPU demo prior for 128x128 images.
+  level -- about 3.9M parameters.
+- ``"brain128"``: channels (16, 32, 64, 64), one ResNet block per level, no attention in the
+  levels, so the middle block's attention runs at 1/8 resolution (16x16 for 128x128 images) --
+  about 1.0M parameters; the shipped CPU priors ``brain128-vp`` / ``brain128-hfs``.  (At 128x128
+  "tiny" costs ~6x more per step: its middle-block attention runs at 64x64.)
 
 Images enter with 2 channels (real, imaginary) -- see ``medrecon.models.wrapper``.
 Note: MONAI's attention blocks need the ``einops`` package.
@@ -99,6 +103,11 @@ PRESETS: dict[str, UNetConfig] = {
         num_res_blocks=(2, 2, 2),
         norm_num_groups=16,
         num_head_channels=32,
+    ),
+    "brain128": UNetConfig(
+        channels=(16, 32, 64, 64),
+        attention_levels=(False, False, False, False),
+        num_res_blocks=(1, 1, 1, 1),
     ),
 }
 

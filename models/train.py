@@ -8,6 +8,10 @@ Objectives (x_t = alpha_t x0 + sigma_t z, z standard normal; CN(0, I) for comple
 - ``"score"`` (Song et al., ICLR 2021, Eq. 7, VE-SDE, weight lambda = sigma^2):
   sigma^2 ||s(x_t) + z / sigma||^2 = ||f + z||^2 with f = sigma * s (``scale_by_sigma``);
   t uniform on [0, 1] of the VE schedule's time.
+- ``"hfs"`` (Cao, Cui et al., IEEE TMI 2024): the HFS-SDE denoising score matching loss of
+  ``medrecon.models.hfs_loss.hfs_loss`` (noise on the high frequencies only, the process given
+  by ``hfs=HFSSDE(...)``, stored in the checkpoint config as ``extra["hfs"]``); a VE ``"score"``
+  model conditioned on the noise level std(t) (default schedule VE(1e-3, 1), the range of std).
 
 Complex images are noised with circular complex Gaussian noise z ~ CN(0, I) (real and imaginary
 parts each N(0, 1/2), E|z|^2 = 1): the convention of the solvers' ancestral noise
@@ -42,12 +46,13 @@ import torch
 import torch.nn as nn
 
 from .checkpoint import load_checkpoint, save_checkpoint
+from .hfs_loss import HFSSDE, hfs_loss
 from .networks import UNetConfig, build_unet, preset
 from .wrapper import DiffusionModel, is_ve
 
 __all__ = ["EMA", "TrainResult", "train", "OBJECTIVES", "latest_checkpoint", "step_generator"]
 
-OBJECTIVES = {"eps": "eps", "v": "v", "score": "score"}  # objective -> prediction type
+OBJECTIVES = {"eps": "eps", "v": "v", "score": "score", "hfs": "score"}  # objective -> prediction type
 _CKPT = re.compile(r"^step-(\d{8})$")
 
 
@@ -109,6 +114,8 @@ def _default_schedule(objective: str) -> Any:
 
     if objective == "score":
         return VE(sigma_min=0.01, sigma_max=50.0)
+    if objective == "hfs":  # the network sees sigma = std(t) in (~1e-3, 1)
+        return VE(sigma_min=1e-3, sigma_max=1.0)
     return VPSchedule(make_betas("linear", 1000))
 
 
@@ -138,8 +145,14 @@ def _randn_like(x: torch.Tensor, g: torch.Generator) -> torch.Tensor:
     return torch.randn(x.shape, generator=g, device=x.device, dtype=x.dtype)
 
 
-def diffusion_loss(model: DiffusionModel, x0: torch.Tensor, objective: str, g: torch.Generator) -> torch.Tensor:
-    """One Monte-Carlo estimate of the training loss on a clean batch ``x0``."""
+def diffusion_loss(model: DiffusionModel, x0: torch.Tensor, objective: str, g: torch.Generator,
+                   hfs: HFSSDE | None = None) -> torch.Tensor:
+    """One Monte-Carlo estimate of the training loss on a clean batch ``x0`` (``hfs``: the HFS
+    process for objective ``"hfs"``)."""
+    if objective == "hfs":
+        if hfs is None:
+            raise ValueError("objective 'hfs' needs hfs=HFSSDE(...)")
+        return hfs_loss(model, x0, hfs, g)
     b = x0.shape[0]
     sched = model.schedule
     if objective == "score":
@@ -201,6 +214,8 @@ def train(
     sampler: Callable[..., torch.Tensor] | None = None,
     sample_every: int = 0,
     num_samples: int = 4,
+    hfs: HFSSDE | None = None,
+    time_limit: float | None = None,
     seed: int = 0,
     device: str | torch.device | None = None,
     progress: bool = True,
@@ -213,9 +228,20 @@ def train(
     (e.g. ``functools.partial(medrecon.sample.sample, solver="ddim", steps=50, betas=...)``)
     draws validation samples from the EMA model every ``sample_every`` steps, saved as
     ``out_dir/samples-XXXXXXXX.png``.  ``steps`` is the total step count (a resumed run stops there).
+    ``hfs``: the ``HFSSDE`` of objective ``"hfs"`` (default ``HFSSDE()``; complex images only).
+    ``time_limit``: seconds of wall time after which training stops early (checked after each
+    step, on rank 0's clock, shared with the other ranks) and checkpoints the step reached.
     """
     if objective not in OBJECTIVES:
         raise ValueError(f"objective: expected one of {sorted(OBJECTIVES)}, got {objective!r}")
+    if hfs is not None and objective != "hfs":
+        raise ValueError(f"hfs: only used by objective 'hfs', got objective {objective!r}")
+    if objective == "hfs":
+        hfs = HFSSDE() if hfs is None else hfs
+        if not isinstance(hfs, HFSSDE):
+            raise ValueError(f"hfs: expected an HFSSDE, got {type(hfs).__name__}")
+        if sampler is not None and sample_every:
+            raise ValueError("sampler: sample grids are drawn for VP objectives only, not 'hfs'")
     if mixed_precision not in ("no", "bf16", "fp16"):
         raise ValueError(f"mixed_precision: expected 'no', 'bf16' or 'fp16', got {mixed_precision!r}")
     for name, val in (("steps", steps), ("batch_size", batch_size)):
@@ -244,8 +270,8 @@ def train(
             model_or_config if isinstance(model_or_config, UNetConfig) else UNetConfig.from_dict(model_or_config))
         schedule = schedule if schedule is not None else _default_schedule(objective)
         model = DiffusionModel(build_unet(net_cfg, seed=seed), schedule, OBJECTIVES[objective], network_config=net_cfg)
-    if (objective == "score") != is_ve(model.schedule):
-        raise ValueError(f"objective {objective!r} needs a {'VE' if objective == 'score' else 'VP'} schedule")
+    if (objective in ("score", "hfs")) != is_ve(model.schedule):
+        raise ValueError(f"objective {objective!r} needs a {'VP' if objective in ('eps', 'v') else 'VE'} schedule")
     model.net.to(device)
 
     opt = torch.optim.AdamW(model.net.parameters(), lr=lr, weight_decay=0.0)
@@ -295,6 +321,8 @@ def train(
         out.mkdir(parents=True, exist_ok=True)
     config = {"network": net_cfg, "objective": objective, "lr": lr, "batch_size": batch_size,
               "ema_decay": ema_decay, "grad_clip": grad_clip, "seed": seed, "world_size": ws}
+    if hfs is not None:
+        config["hfs"] = hfs.to_dict()
 
     def checkpoint(step: int) -> Path | None:
         if not main:
@@ -308,7 +336,13 @@ def train(
                 shutil.rmtree(old, ignore_errors=True)
         return path
 
+    if time_limit is not None and not time_limit > 0:
+        raise ValueError(f"time_limit: expected a positive number of seconds, got {time_limit}")
+    import time
+
+    t_start = time.monotonic()
     losses: list[float] = []
+    saved = False
     pbar = None
     if progress and main and start < steps:
         from tqdm.auto import tqdm
@@ -322,7 +356,7 @@ def train(
             idx = torch.randint(0, len(dataset), (batch_size,), generator=g, device=device).tolist()
             x0 = _to_model_input(torch.stack([torch.as_tensor(dataset[i]) for i in idx]).to(device), model.in_channels)
             with torch.autocast(device.type, dtype=amp_dtype, enabled=amp_dtype is not None):
-                loss = diffusion_loss(train_model, x0, objective, g)
+                loss = diffusion_loss(train_model, x0, objective, g, hfs)
             opt.zero_grad(set_to_none=True)
             if scaler is not None:
                 scaler.scale(loss).backward()
@@ -345,14 +379,18 @@ def train(
                 pbar.set_postfix(loss=f"{losses[-1]:.4f}")
             record: dict[str, Any] = {"step": done, "loss": losses[-1]}
             if val_dataset is not None and val_every and done % val_every == 0:
-                record["val_loss"] = validation_loss(model, val_dataset, objective, seed, batch_size, device)
+                record["val_loss"] = validation_loss(model, val_dataset, objective, seed, batch_size, device, hfs=hfs)
             if main and sampler is not None and sample_every and done % sample_every == 0:
                 _sample_grid(model, ema, sampler, x0, num_samples, seed, out / f"samples-{done:08d}.png")
             if log is not None:
                 log.write(json.dumps(record) + "\n")
-            if save_every and done % save_every == 0 and done < steps:
-                checkpoint(done)
-        if start < steps:
+            saved = bool(save_every and done % save_every == 0 and done < steps)
+            if saved:
+                last_path = checkpoint(done)
+            if time_limit is not None and done < steps and _out_of_time(t_start, time_limit, ws, device):
+                steps = done  # stop here: the last checkpoint is this step
+                break
+        if start < steps and not saved:
             last_path = checkpoint(steps)
         if own_group:
             import torch.distributed as dist
@@ -371,9 +409,20 @@ def train(
     return TrainResult(model=model, ema=ema, step=max(start, steps), losses=losses, checkpoint=last_path)
 
 
+def _out_of_time(t_start: float, limit: float, ws: int, device: torch.device) -> bool:
+    import time
+
+    flag = torch.tensor([float(time.monotonic() - t_start > limit)], device=device)
+    if ws > 1:
+        import torch.distributed as dist
+
+        dist.broadcast(flag, 0)  # every rank stops at the same step
+    return bool(flag.item())
+
+
 @torch.no_grad()
 def validation_loss(model: DiffusionModel, dataset, objective: str, seed: int, batch_size: int,
-                    device: torch.device, max_items: int = 64) -> float:
+                    device: torch.device, max_items: int = 64, hfs: HFSSDE | None = None) -> float:
     """Mean training loss over (up to ``max_items`` of) ``dataset`` with fixed noise."""
     was = model.net.training
     model.net.eval()
@@ -383,7 +432,7 @@ def validation_loss(model: DiffusionModel, dataset, objective: str, seed: int, b
     for i in range(0, n, batch_size):
         x0 = _to_model_input(torch.stack([torch.as_tensor(dataset[j]) for j in range(i, min(n, i + batch_size))]).to(device),
                              model.in_channels)
-        total += float(diffusion_loss(model, x0, objective, g)) * x0.shape[0]
+        total += float(diffusion_loss(model, x0, objective, g, hfs)) * x0.shape[0]
         count += x0.shape[0]
     model.net.train(was)
     return total / count

@@ -1,16 +1,21 @@
 """The posterior samplers as ``medrecon.reconstruct`` methods (importing this module registers them).
 
-Names: ``dds``, ``ddnm``, ``diffpir``, ``dps``, ``ccdf``, ``score-mri``.  No trained MRI prior ships
-yet, so every method takes a ``checkpoint`` option: the directory of a VP checkpoint written by
-``medrecon train`` / ``medrecon.models.checkpoint.save_checkpoint`` (EMA weights used when present).
+Names: ``dds``, ``ddnm``, ``diffpir``, ``dps``, ``ccdf``, ``score-mri`` (VP priors), ``hfs-sde`` and
+``spirit-diffusion`` (VE score priors).  Every method takes a ``checkpoint`` option: the name of a
+prior shipped with medrecon (``medrecon.builtin_priors``) or the directory of a checkpoint written
+by ``medrecon train`` / ``medrecon.models.checkpoint.save_checkpoint`` (EMA weights used when
+present).  Defaults: ``brain128-vp`` for the VP samplers, ``brain128-hfs`` for ``hfs-sde``
+(trained on the simulated brain, 128-wide images: docs/priors.md); ``spirit-diffusion`` has no
+shipped prior (it needs a VE score prior of per-coil images) and requires ``checkpoint=``.
 A complex (2-channel) network is required, except for ``score-mri``, which runs a real (1-channel)
 prior in its real/imaginary variant.
 
 Conventions: the operator is SENSE ``A = M F S`` with the given or ESPIRiT maps (``score-mri``:
-``variant="ssos"`` per-coil with RSS combination, no maps; ``"sense"`` needs ``smaps=``).  With
-``normalize=True`` each slice's k-space is divided by max |A^H y| (the zero-filled image's maximum,
-the scale the priors are trained at) and the image multiplied back, so ``sigma_n`` (diffpir) is in
-those units.  ``seed=None`` in ``reconstruct`` means seed 0 here: results are always reproducible.
+``variant="ssos"`` per-coil with RSS combination, no maps; ``"sense"`` and ``"hybrid"`` need
+``smaps=``).  With ``normalize=True`` each slice's k-space is divided by max |A^H y| (the
+zero-filled image's maximum, the scale the priors are trained at) and the image multiplied back,
+so ``sigma_n`` (diffpir) is in those units.  ``seed=None`` in ``reconstruct`` means seed 0 here:
+results are always reproducible.
 """
 from __future__ import annotations
 
@@ -29,24 +34,36 @@ from .ccdf import ccdf
 from .ddnm import ddnm, diffpir
 from .dds import dds
 from .dps import dps
-from .score_mri import score_mri, score_mri_ssos
+from .score_mri import score_mri, score_mri_hybrid, score_mri_ssos
 
 __all__ = ["DDSOptions", "DDNMOptions", "DiffPIROptions", "DPSOptions", "CCDFOptions", "ScoreMRIOptions",
            "load_prior"]
 
 _CACHE: dict = {}
+VP_PRIOR = "brain128-vp"  # the default checkpoint of the VP samplers
+HFS_PRIOR = "brain128-hfs"  # the default checkpoint of hfs-sde
 
 
-def load_prior(checkpoint: str, device: torch.device, method: str):
-    """(model, betas) from a VP checkpoint directory, cached per (path, mtime, device)."""
-    if not checkpoint:
+def _checkpoint_dir(checkpoint: str, method: str, default: str | None) -> Path:
+    """The checkpoint option as a directory: a builtin prior name (``""``: ``default``) or a path."""
+    from medrecon.builtin_priors import BUILTIN_PRIORS, resolve_checkpoint
+
+    if not checkpoint and default is None:
         raise ValueError(f"method {method!r} needs the option checkpoint=<directory of a medrecon checkpoint "
-                         f"(config.json + model.safetensors)>: no trained MRI prior ships with medrecon yet; "
-                         f"train one with `medrecon train`")
-    path = Path(checkpoint)
+                         f"(config.json + model.safetensors)>: none of the builtin priors "
+                         f"({', '.join(BUILTIN_PRIORS)}) fits it; train one with `medrecon train`")
+    path = resolve_checkpoint(checkpoint, default or "")
     if not (path / "config.json").is_file():
-        raise ValueError(f"method {method!r}: checkpoint {str(path)!r} is not a medrecon checkpoint directory "
-                         f"(expected {str(path / 'config.json')!r} and model.safetensors)")
+        raise ValueError(f"method {method!r}: checkpoint {str(checkpoint)!r} is not a medrecon checkpoint directory "
+                         f"(expected {str(path / 'config.json')!r} and model.safetensors) nor a builtin prior "
+                         f"({', '.join(BUILTIN_PRIORS)})")
+    return path
+
+
+def load_prior(checkpoint: str, device: torch.device, method: str, default: str | None = VP_PRIOR):
+    """(model, betas) from a VP checkpoint (builtin prior name or directory; ``""``: ``default``),
+    cached per (path, mtime, device)."""
+    path = _checkpoint_dir(checkpoint, method, default)
     key = (str(path.resolve()), os.path.getmtime(path / "config.json"), str(device))
     if key not in _CACHE:
         from medrecon.models.checkpoint import load_model
@@ -61,17 +78,37 @@ def load_prior(checkpoint: str, device: torch.device, method: str):
     return _CACHE[key]
 
 
-def _eps(model, grad: bool = False):
-    """eps_fn on images [..., H, W] (complex, or real for a 1-channel prior) for the [B, H, W] wrapper."""
+def _eps(model, grad: bool = False, support: torch.Tensor | None = None):
+    """eps_fn on images [..., H, W] (complex, or real for a 1-channel prior) for the [B, H, W] wrapper.
+
+    ``support`` (bool, broadcastable to x): where False the image is known to be 0 (outside the coil
+    maps' support, see `_support`), and eps is the exact eps of a zero pixel, x_t / sigma_t (so
+    Tweedie's x0 estimate is 0 there); the network's eps elsewhere."""
     real = model.in_channels == 1
 
     def f(x, t):
         xb = x.reshape(-1, *x.shape[-2:])
         xb = xb.unsqueeze(1) if real else xb
         with torch.set_grad_enabled(grad and torch.is_grad_enabled()):
-            e = model.eps(xb, t)
-        return (e.squeeze(1) if real else e).reshape(x.shape)
+            e = (model.eps(xb, t).squeeze(1) if real else model.eps(xb, t)).reshape(x.shape)
+            if support is not None:
+                sigma = torch.as_tensor(model.schedule.sigma(torch.as_tensor(t).detach().cpu()))
+                e = torch.where(support, e, x / sigma.to(x.device, x.real.dtype).reshape(-1, 1, 1).squeeze(0))
+        return e
     return f
+
+
+def _support(smaps, opts):
+    """Pixels the SENSE model can see, sum_c |S_c|^2 > 0 ([..., H, W] bool), when ``opts.support``
+    and some pixel lies outside (ESPIRiT maps are 0 where no coil sees signal); else None.
+
+    A = M F S ignores x where S = 0: the data cannot pin the image there and a prior trained on
+    finite data (or a sampler's null-space drift) may leave anything in it; the SENSE model says
+    the object is 0 there (CG-SENSE, started at 0, keeps it 0), which `_eps` tells the sampler."""
+    if not getattr(opts, "support", False):
+        return None
+    sup = smaps.abs().pow(2).sum(-3) > 0
+    return None if bool(sup.all()) else sup
 
 
 def _setup(kspace, mask, smaps, opts, generator, method, need_complex=True):
@@ -92,82 +129,90 @@ def _setup(kspace, mask, smaps, opts, generator, method, need_complex=True):
 
 @dataclass
 class DDSOptions:
-    checkpoint: str = ""
+    checkpoint: str = VP_PRIOR
     steps: int = 50
     gamma: float = 5.0
     cg_iters: int = 5
     eta: float = 0.85
     solver: str = "ddim"
     normalize: bool = True
+    support: bool = True  # x0 = 0 where the coil maps are 0 (_support)
 
 
-@register_method("dds", DDSOptions, "DDS: Tweedie + CG data step + DDIM (Chung et al. ICLR 2024); needs checkpoint=",
+@register_method("dds", DDSOptions, "DDS: Tweedie + CG data step + DDIM (Chung et al. ICLR 2024)",
                  needs_smaps=True, kind="diffusion")
 def _dds(kspace, mask, smaps, opts, generator):
     model, betas, A, y, s, g = _setup(kspace, mask, smaps, opts, generator, "dds")
-    x, nfe = dds(_eps(model), A, y, betas, opts.steps, g, gamma=opts.gamma, cg_iters=opts.cg_iters,
+    eps = _eps(model, support=_support(smaps, opts))
+    x, nfe = dds(eps, A, y, betas, opts.steps, g, gamma=opts.gamma, cg_iters=opts.cg_iters,
                  eta=opts.eta, solver=opts.solver)
     return x * s, nfe
 
 
 @dataclass
 class DDNMOptions:
-    checkpoint: str = ""
+    checkpoint: str = VP_PRIOR
     steps: int = 100
     eta: float = 0.85
     cg_iters: int = 10
     solver: str = "ddim"
     normalize: bool = True
+    support: bool = True  # x0 = 0 where the coil maps are 0 (_support)
 
 
-@register_method("ddnm", DDNMOptions, "DDNM range-null-space projection + DDIM (Wang et al. ICLR 2023); "
-                 "needs checkpoint=", needs_smaps=True, kind="diffusion")
+@register_method("ddnm", DDNMOptions, "DDNM range-null-space projection + DDIM (Wang et al. ICLR 2023)",
+                 needs_smaps=True, kind="diffusion")
 def _ddnm(kspace, mask, smaps, opts, generator):
     model, betas, A, y, s, g = _setup(kspace, mask, smaps, opts, generator, "ddnm")
-    x, nfe = ddnm(_eps(model), A, y, betas, opts.steps, g, eta=opts.eta, cg_iters=opts.cg_iters, solver=opts.solver)
+    eps = _eps(model, support=_support(smaps, opts))
+    x, nfe = ddnm(eps, A, y, betas, opts.steps, g, eta=opts.eta, cg_iters=opts.cg_iters, solver=opts.solver)
     return x * s, nfe
 
 
 @dataclass
 class DiffPIROptions:
-    checkpoint: str = ""
+    checkpoint: str = VP_PRIOR
     steps: int = 100
     sigma_n: float = 0.0
     lam: float = 1.0
     zeta: float = 0.3
     cg_iters: int = 10
     normalize: bool = True
+    support: bool = True  # x0 = 0 where the coil maps are 0 (_support)
 
 
-@register_method("diffpir", DiffPIROptions, "DiffPIR proximal data step (Zhu et al. 2023); needs checkpoint=",
+@register_method("diffpir", DiffPIROptions, "DiffPIR proximal data step (Zhu et al. 2023)",
                  needs_smaps=True, kind="diffusion")
 def _diffpir(kspace, mask, smaps, opts, generator):
     model, betas, A, y, s, g = _setup(kspace, mask, smaps, opts, generator, "diffpir")
-    x, nfe = diffpir(_eps(model), A, y, betas, opts.steps, g, sigma_n=opts.sigma_n, lam=opts.lam,
+    eps = _eps(model, support=_support(smaps, opts))
+    x, nfe = diffpir(eps, A, y, betas, opts.steps, g, sigma_n=opts.sigma_n, lam=opts.lam,
                      zeta=opts.zeta, cg_iters=opts.cg_iters)
     return x * s, nfe
 
 
 @dataclass
 class DPSOptions:
-    checkpoint: str = ""
+    checkpoint: str = VP_PRIOR
     steps: int = 1000
     zeta: float = 1.0
     eta: float = 1.0
     normalize: bool = True
+    support: bool = True  # x0 = 0 where the coil maps are 0 (_support)
 
 
-@register_method("dps", DPSOptions, "DPS: gradient through the network (Chung et al. ICLR 2023); needs checkpoint=",
+@register_method("dps", DPSOptions, "DPS: gradient through the network (Chung et al. ICLR 2023)",
                  needs_smaps=True, kind="diffusion")
 def _dps(kspace, mask, smaps, opts, generator):
     model, betas, A, y, s, g = _setup(kspace, mask, smaps, opts, generator, "dps")
-    x, nfe = dps(_eps(model, grad=True), A, y, betas, opts.steps, g, zeta=opts.zeta, eta=opts.eta)
+    eps = _eps(model, grad=True, support=_support(smaps, opts))
+    x, nfe = dps(eps, A, y, betas, opts.steps, g, zeta=opts.zeta, eta=opts.eta)
     return x * s, nfe
 
 
 @dataclass
 class CCDFOptions:
-    checkpoint: str = ""
+    checkpoint: str = VP_PRIOR
     steps: int = 100
     t0: float = 0.2
     init_cg_iters: int = 10
@@ -177,39 +222,56 @@ class CCDFOptions:
     gamma: float = 5.0
     cg_iters: int = 10
     normalize: bool = True
+    support: bool = True  # x0 = 0 where the coil maps are 0 (_support)
 
 
-@register_method("ccdf", CCDFOptions, "CCDF: diffuse a CG-SENSE estimate to t0, run the last t0 N steps; "
-                 "needs checkpoint=", needs_smaps=True, kind="diffusion")
+@register_method("ccdf", CCDFOptions, "CCDF: diffuse a CG-SENSE estimate to t0, run the last t0 N steps",
+                 needs_smaps=True, kind="diffusion")
 def _ccdf(kspace, mask, smaps, opts, generator):
     model, betas, A, y, s, g = _setup(kspace, mask, smaps, opts, generator, "ccdf")
     extra = {"eta": opts.eta} if opts.solver == "ddim" else {}
-    x, nfe = ccdf(_eps(model), A, y, betas, opts.steps, g, t0=opts.t0, init_cg_iters=opts.init_cg_iters,
+    eps = _eps(model, support=_support(smaps, opts))
+    x, nfe = ccdf(eps, A, y, betas, opts.steps, g, t0=opts.t0, init_cg_iters=opts.init_cg_iters,
                   solver=opts.solver, dc=opts.dc, gamma=opts.gamma, cg_iters=opts.cg_iters, **extra)
     return x * s, nfe
 
 
 @dataclass
 class ScoreMRIOptions:
-    checkpoint: str = ""
+    checkpoint: str = VP_PRIOR
     steps: int = 1000
     snr: float = 0.16
     n_corrector: int = 1
     variant: str = "ssos"
+    m_steps: int = 50  # hybrid: a SENSE Kaczmarz step every m_steps steps
+    lam_start: float = 1.0  # hybrid: its lambda, linear from lam_start ...
+    lam_end: float = 0.2  # ... to lam_end
     normalize: bool = True
+    support: bool = True  # x0 = 0 where the coil maps are 0 (_support)
+
+
+SCORE_MRI_VARIANTS = ("ssos", "sense", "hybrid")
 
 
 @register_method("score-mri", ScoreMRIOptions, "Score-MRI predictor-corrector with hard data consistency "
-                 "(Chung & Ye 2022); variant ssos (per coil, RSS) or sense; needs checkpoint=", kind="diffusion")
+                 "(Chung & Ye 2022); variant ssos (per coil, RSS), sense, or hybrid (per coil + SENSE "
+                 "Kaczmarz steps)", kind="diffusion")
 def _score_mri(kspace, mask, smaps, opts, generator):
-    if opts.variant not in ("ssos", "sense"):
-        raise ValueError(f"score-mri option variant: expected 'ssos' or 'sense', got {opts.variant!r}")
+    if opts.variant not in SCORE_MRI_VARIANTS:
+        raise ValueError(f"score-mri option variant: expected one of {SCORE_MRI_VARIANTS}, got {opts.variant!r}")
     kw = dict(snr=opts.snr, n_corrector=opts.n_corrector)
-    if opts.variant == "sense":
+    if opts.variant in ("sense", "hybrid"):
         if smaps is None:
-            raise ValueError("score-mri variant 'sense' needs smaps= (or use variant='ssos')")
+            raise ValueError(f"score-mri variant {opts.variant!r} needs smaps= (or use variant='ssos')")
         model, betas, A, y, s, g = _setup(kspace, mask, smaps, opts, generator, "score-mri", need_complex=False)
-        x, nfe = score_mri(_eps(model), A, y, betas, opts.steps, g, real_imag=model.in_channels == 1, **kw)
+        if opts.variant == "sense":
+            sup = _support(smaps, opts) if model.in_channels == 2 else None
+            x, nfe = score_mri(_eps(model, support=sup), A, y, betas, opts.steps, g,
+                               real_imag=model.in_channels == 1, **kw)
+        else:
+            x, nfe = score_mri_hybrid(_eps(model), mask, smaps, y, betas, opts.steps, g, m_steps=opts.m_steps,
+                                      lam_start=opts.lam_start, lam_end=opts.lam_end,
+                                      real_imag=model.in_channels == 1, **kw)
         return x * s, nfe
     model, betas = load_prior(opts.checkpoint, kspace.device, "score-mri")
     s = torch.ones(kspace.shape[:-3], device=kspace.device)
@@ -233,18 +295,12 @@ from .spirit_diffusion import spirit_diffusion  # noqa: E402
 __all__ += ["HFSSDEOptions", "SpiritDiffusionOptions", "load_score_prior"]
 
 
-def load_score_prior(checkpoint: str, device: torch.device, method: str):
-    """(model, extra) from a VE ``"score"`` checkpoint directory, cached like ``load_prior``."""
+def load_score_prior(checkpoint: str, device: torch.device, method: str, default: str | None = None):
+    """(model, extra) from a VE ``"score"`` checkpoint (builtin name or directory; ``""``:
+    ``default``, None: required), cached like ``load_prior``."""
     import json
 
-    if not checkpoint:
-        raise ValueError(f"method {method!r} needs the option checkpoint=<directory of a medrecon checkpoint "
-                         f"(config.json + model.safetensors)> holding a VE score prior; no trained prior "
-                         f"for it ships with medrecon yet")
-    path = Path(checkpoint)
-    if not (path / "config.json").is_file():
-        raise ValueError(f"method {method!r}: checkpoint {str(path)!r} is not a medrecon checkpoint directory "
-                         f"(expected {str(path / 'config.json')!r} and model.safetensors)")
+    path = _checkpoint_dir(checkpoint, method, default)
     key = ("score", str(path.resolve()), os.path.getmtime(path / "config.json"), str(device))
     if key not in _CACHE:
         from medrecon.models.checkpoint import load_model
@@ -265,21 +321,27 @@ def load_score_prior(checkpoint: str, device: torch.device, method: str):
     return _CACHE[key]
 
 
-def _score(model):
-    """score_fn(x [..., H, W] complex, sigma) of a VE score model (no autograd)."""
+def _score(model, support: torch.Tensor | None = None):
+    """score_fn(x [..., H, W] complex, sigma) of a VE score model (no autograd).  ``support`` as in
+    `_eps`: outside it the score of a zero pixel at noise level sigma, -x / sigma^2 (Tweedie's x0
+    estimate x + sigma^2 score is 0 there)."""
     from medrecon.models.hfs_loss import hfs_score_fn
 
     f = hfs_score_fn(model)
 
     def score_fn(x, sigma):
         with torch.no_grad():
-            return f(x.reshape(-1, *x.shape[-2:]), sigma).reshape(x.shape)
+            s = f(x.reshape(-1, *x.shape[-2:]), sigma).reshape(x.shape)
+            if support is not None:
+                sig = torch.as_tensor(sigma, device=x.device, dtype=x.real.dtype)
+                s = torch.where(support, s, -x / sig.reshape(sig.shape + (1, 1) if sig.ndim else ()) ** 2)
+            return s
     return score_fn
 
 
 @dataclass
 class HFSSDEOptions:
-    checkpoint: str = ""
+    checkpoint: str = HFS_PRIOR
     steps: int = 1000
     snr: float = 0.16
     mse: float = 2.5
@@ -288,16 +350,17 @@ class HFSSDEOptions:
     dc: str = "hard"
     acs: int = 0  # width of the low-frequency block M_L; 0: the checkpoint's extra["hfs"] (else 16)
     normalize: bool = True
+    support: bool = True  # x0 = 0 where the coil maps are 0 (_support)
 
 
 @register_method("hfs-sde", HFSSDEOptions, "HFS-SDE: diffusion on the high frequencies, low frequencies "
-                 "from the data (Cao et al. TMI 2024); needs checkpoint=", needs_smaps=True, kind="diffusion")
+                 "from the data (Cao et al. TMI 2024)", needs_smaps=True, kind="diffusion")
 def _hfs_sde(kspace, mask, smaps, opts, generator):
     from medrecon.models.hfs_loss import HFSSDE
 
     if smaps is None:
         raise ValueError("method 'hfs-sde' needs coil sensitivities (smaps)")
-    model, extra = load_score_prior(opts.checkpoint, kspace.device, "hfs-sde")
+    model, extra = load_score_prior(opts.checkpoint, kspace.device, "hfs-sde", HFS_PRIOR)
     sde = HFSSDE.from_dict(extra["hfs"]) if isinstance(extra.get("hfs"), dict) else HFSSDE()
     if opts.acs:
         sde = HFSSDE(int(opts.acs), sde.beta_min, sde.beta_max, sde.region)
@@ -306,7 +369,7 @@ def _hfs_sde(kspace, mask, smaps, opts, generator):
     if opts.normalize:
         scale = A.adjoint(kspace).abs().flatten(-2).amax(-1).clamp_min(torch.finfo(torch.float32).tiny)
     g = generator if generator is not None else torch.Generator(device=kspace.device).manual_seed(0)
-    x, nfe = hfs_sde(_score(model), A, kspace / scale[..., None, None, None], sde, opts.steps, g, snr=opts.snr,
+    x, nfe = hfs_sde(_score(model, _support(smaps, opts)), A, kspace / scale[..., None, None, None], sde, opts.steps, g, snr=opts.snr,
                      mse=opts.mse, corrector_mse=opts.corrector_mse, n_corrector=opts.n_corrector, dc=opts.dc)
     return x * scale[..., None, None], nfe
 
@@ -328,7 +391,7 @@ class SpiritDiffusionOptions:
 
 
 @register_method("spirit-diffusion", SpiritDiffusionOptions, "SPIRiT-Diffusion: per-coil SDE with the SPIRiT "
-                 "consistency drift (Cui et al. TMI 2024); needs checkpoint=", needs_smaps=True, kind="diffusion")
+                 "consistency drift (Cui et al. TMI 2024); needs checkpoint= (no shipped prior fits)", needs_smaps=True, kind="diffusion")
 def _spirit_diffusion(kspace, mask, smaps, opts, generator):
     from medrecon.physics.spirit import LAM_SPIRIT_DIFFUSION, spirit_calibrate
     from medrecon.reconstruct import acs_width

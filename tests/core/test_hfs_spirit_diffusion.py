@@ -340,9 +340,8 @@ def test_registered_hfs_and_spirit_methods(tmp_path):
     mask[:, ::2] = True
     mask[:, 4:12] = True
     k = MultiCoilMRI(SMAPS, mask).forward(RHO[:1])[0]
-    for name in ("hfs-sde", "spirit-diffusion"):
-        with pytest.raises(ValueError, match="checkpoint="):
-            reconstruct(k, mask, name, smaps=SMAPS)
+    with pytest.raises(ValueError, match="checkpoint="):  # hfs-sde defaults to the shipped brain128-hfs
+        reconstruct(k, mask, "spirit-diffusion", smaps=SMAPS)
     ck = _tiny_score_checkpoint(tmp_path / "hfs", HFSSDE(acs=4))
     r = reconstruct(k, mask, "hfs-sde", smaps=SMAPS, checkpoint=ck, steps=2, seed=1)
     assert r.image.shape == (HS, WS) and torch.isfinite(r.magnitude).all() and r.nfe == 4

@@ -322,16 +322,18 @@ def _coil_data():
     return k, mask, smaps
 
 
-def test_registered_methods_need_a_checkpoint(tmp_path):
+def test_registered_methods_checkpoint_option(tmp_path):
+    """The default is the shipped VP prior (tests/core/test_builtin_priors.py); a folder that is no
+    checkpoint is refused by name."""
     import medrecon.posterior.methods  # noqa: F401 (registers the methods)
     from medrecon.reconstruct import reconstruct
+    from medrecon.registry import get_method
 
     k, mask, smaps = _coil_data()
     for name in ("dds", "ddnm", "diffpir", "dps", "ccdf", "score-mri"):
-        with pytest.raises(ValueError, match="checkpoint="):
-            reconstruct(k, mask, name, smaps=smaps)
-    with pytest.raises(ValueError, match="not a medrecon checkpoint"):
-        reconstruct(k, mask, "dds", smaps=smaps, checkpoint=str(tmp_path))
+        assert get_method(name).defaults()["checkpoint"] == "brain128-vp"
+        with pytest.raises(ValueError, match="not a medrecon checkpoint"):
+            reconstruct(k, mask, name, smaps=smaps, checkpoint=str(tmp_path))
 
 
 def test_registered_methods_run_a_tiny_checkpoint(tmp_path):
