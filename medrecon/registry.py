@@ -54,6 +54,7 @@ def _load_builtin() -> None:
     # importing these modules registers their methods
     from medrecon import baselines  # noqa: F401
     from medrecon.posterior import methods  # noqa: F401
+    from medrecon.posterior import fdmr  # noqa: F401
 
 
 def get_method(name: str) -> MethodSpec:

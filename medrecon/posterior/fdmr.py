@@ -1,0 +1,308 @@
+"""FDMR: fast diffusion MRI reconstruction with a denoising-diffusion-GAN prior, three stages
+(METHODS.md; Magn. Reson. Imaging 2025, 110551 -- no public code).
+
+On the SENSE operator A = M F S (``medrecon.physics.mri.MultiCoilMRI``), with G(x_k, k, z) a
+DDGAN generator (``medrecon.models.ddgan``) on its T-step VP schedule:
+
+1. Fast generation: x_init = A^H y (zero-filled) or CG-SENSE, diffused to step ``start`` (T):
+   x_k = sqrt(abar_k) x_init + sqrt(1 - abar_k) e; for k = start..1:
+   x0_hat = DC(G(x_k, k, z)), x_{k-1} ~ q(x_{k-1} | x_k, x0_hat) (Xiao et al. 2022, Eq. 6-9);
+   DC(x) = x + A^+ (y - A x) (hard data consistency, CG for A^+).
+2. Early-stopped adaptation (per slice, on a copy of G: the shared weights never change):
+   Adam on the generator weights minimising mean |M_fit F S G(x_1, 1, z) - y| (the paper's
+   G(x, 0, z) in 0-based step indexing), where ``holdout`` of the measured k-space lines (outside
+   the fully sampled centre; samples for non-line masks) are held out of M_fit; their residual is
+   tracked each iteration and the output at its minimum is kept once it has not improved for
+   ``patience`` iterations (no ground truth needed; ``holdout_masks``).
+3. Refinement: a few DC'd steps from a small noise level: either the generator's own chain from
+   step ``refine_from`` (default 1, its smallest level), or, with ``refine_prior`` = a VP eps
+   checkpoint, CCDF-style DDIM steps with the DDNM projection from ``refine_t0`` of a
+   ``refine_steps`` grid (``medrecon.posterior.ccdf``).
+
+NFE counts every generator/prior forward pass (adaptation iterations included).  ``normalize``
+divides each slice's k-space by max |A^H y| (the training scale of the recipe) and multiplies back.
+"""
+from __future__ import annotations
+
+import copy
+import math
+import os
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+
+from medrecon.physics.mri import MultiCoilMRI, check_mask
+from medrecon.registry import register_method
+
+from .ccdf import ccdf, initial_estimate
+from .ddnm import ddnm_dc
+
+__all__ = ["FDMROptions", "fdmr", "adapt", "holdout_masks", "load_fdmr_generator"]
+
+_CACHE: dict = {}
+
+
+@dataclass
+class FDMROptions:
+    checkpoint: str = ""  # a DDGAN checkpoint directory, or a training run folder (latest step-*)
+    ema: bool = True  # the EMA generator weights when the checkpoint has them
+    generation: bool = True
+    init: str = "zero-filled"  # or "cg-sense"
+    init_cg_iters: int = 10
+    start: int = 0  # step the initial image is diffused to; 0: T
+    adaptation: bool = True
+    adapt_iters: int = 30
+    adapt_lr: float = 1e-4  # METHODS.md: 1e-3; measured worse on the demo prior (docs/fdmr.md)
+    holdout: float = 0.1
+    patience: int = 5
+    min_improvement: float = 0.01  # relative drop of the held-out residual that counts as progress
+    refinement: bool = True
+    refine_from: int = 1
+    refine_prior: str = ""  # "" : the generator's chain; else a VP eps checkpoint (path or builtin name)
+    refine_steps: int = 100
+    refine_t0: float = 0.05
+    cg_iters: int = 10
+    normalize: bool = True
+
+
+def load_fdmr_generator(checkpoint: str, device: torch.device, use_ema: bool = True):
+    """The (EMA, when saved and ``use_ema``) generator of a DDGAN checkpoint (or of the latest
+    ``step-*`` of a run folder), cached per (path, mtime, device), frozen (``requires_grad=False``) and in eval mode."""
+    from medrecon.models.ddgan import load_generator
+    from medrecon.models.train import latest_checkpoint
+
+    if not checkpoint:
+        raise ValueError("method 'fdmr' needs the option checkpoint=<DDGAN checkpoint directory> (train one "
+                         "with `medrecon train --recipe ddgan --out DIR`; the demo run is runs/fdmr/ddgan128)")
+    path = Path(checkpoint)
+    if not (path / "config.json").is_file():
+        last = latest_checkpoint(path)
+        if last is None:
+            raise ValueError(f"method 'fdmr': checkpoint {str(path)!r} is neither a DDGAN checkpoint directory "
+                             f"(config.json + generator.safetensors) nor a run folder holding step-* checkpoints")
+        path = last
+    key = (str(path.resolve()), os.path.getmtime(path / "config.json"), str(device), bool(use_ema))
+    if key not in _CACHE:
+        G = load_generator(path, map_location=device, use_ema=use_ema).requires_grad_(False)
+        _CACHE.clear()
+        _CACHE[key] = G
+    return _CACHE[key]
+
+
+def holdout_masks(mask_hw: torch.Tensor, fraction: float,
+                  generator: torch.Generator) -> tuple[torch.Tensor, torch.Tensor]:
+    """Split the measured samples of ``mask_hw`` [H, W] into (fit, held-out) 0/1 masks, drawn with
+    ``generator``.  A line mask (every row alike) holds out a random ``fraction`` of its measured
+    columns outside the fully sampled centre (whole lines: the residual on held-out lines predicts
+    the error on the unmeasured lines; held-out points of measured lines would be interpolated
+    from their neighbours and keep falling while the image degrades); any other mask holds out
+    a random ``fraction`` of its measured samples.  At least one is held out, at least one kept."""
+    if not 0 < fraction < 1:
+        raise ValueError(f"holdout: expected a fraction in (0, 1), got {fraction}")
+    measured = mask_hw > 0
+    if bool((measured == measured[:1]).all()):
+        cols = measured[0]
+        W = cols.numel()
+        lo = hi = W // 2
+        while lo > 0 and bool(cols[lo - 1]):
+            lo -= 1
+        while hi < W and bool(cols[hi]):
+            hi += 1
+        outer = cols.clone()
+        outer[lo:hi] = False
+        idx = torch.nonzero(outer if int(outer.sum()) >= 2 else cols).reshape(-1)
+        if int(cols.sum()) < 2:
+            raise ValueError("mask: adaptation needs at least 2 measured k-space lines")
+        n_hold = min(max(1, round(fraction * idx.numel())), int(cols.sum()) - 1)
+        perm = torch.randperm(idx.numel(), generator=generator, device=generator.device).to(idx.device)
+        hold_cols = torch.zeros(W, device=mask_hw.device)
+        hold_cols[idx[perm[:n_hold]]] = 1
+        hold = hold_cols.expand(mask_hw.shape).clone()
+        return measured.to(hold.dtype) - hold, hold
+    idx = torch.nonzero(measured.reshape(-1)).reshape(-1)
+    if idx.numel() < 2:
+        raise ValueError("mask: adaptation needs at least 2 measured k-space samples")
+    n_hold = min(max(1, round(fraction * idx.numel())), idx.numel() - 1)
+    perm = torch.randperm(idx.numel(), generator=generator, device=generator.device).to(idx.device)
+    hold = torch.zeros(mask_hw.numel(), device=mask_hw.device)
+    hold[idx[perm[:n_hold]]] = 1
+    hold = hold.reshape(mask_hw.shape)
+    return measured.to(hold.dtype) - hold, hold
+
+
+def adapt(G, x_in: torch.Tensor, z: torch.Tensor, y: torch.Tensor, smaps: torch.Tensor, mask_hw: torch.Tensor,
+          generator: torch.Generator, *, iters: int = 30, lr: float = 1e-4, holdout: float = 0.1,
+          patience: int = 5, min_improvement: float = 0.0) -> tuple[torch.Tensor, dict]:
+    """Stage 2 for one slice: fine-tune a copy of ``G`` on the fit samples of ``y`` [C, H, W] from the
+    input ``x_in`` [H, W] (fed at step 1 with latent ``z`` [z_dim]); returns G's output [H, W] at the
+    lowest held-out residual and a record (``residuals``, ``best_iter``, ``stopped_early``, ``nfe``);
+    a residual counts as lower only when below (1 - ``min_improvement``) times the best so far.
+    ``G`` itself is not modified."""
+    if iters < 1 or patience < 1:
+        raise ValueError(f"adapt_iters and patience: expected >= 1, got {iters}, {patience}")
+    if not 0 <= min_improvement < 1 or lr <= 0:
+        raise ValueError(f"min_improvement: expected [0, 1), adapt_lr > 0; got {min_improvement}, {lr}")
+    fit, hold = holdout_masks(mask_hw, holdout, generator)
+    A_fit, A_hold = MultiCoilMRI(smaps, fit), MultiCoilMRI(smaps, hold)
+    y_fit, y_hold = y * fit, y * hold
+    n_fit = float(fit.sum()) * y.shape[-3]
+    n_hold = float(hold.sum()) * y.shape[-3]
+    Gc = copy.deepcopy(G).requires_grad_(True)
+    opt = torch.optim.Adam(Gc.parameters(), lr=lr)
+    xb, zb = x_in[None], z[None]
+    best, best_x, best_iter, bad = float("inf"), None, 0, 0
+    residuals: list[float] = []
+    it = 0
+    for it in range(iters):
+        out = Gc(xb, 1, zb)[0]
+        with torch.no_grad():
+            r = float((A_hold.forward(out) - y_hold).abs().sum()) / n_hold
+        residuals.append(r)
+        if r < best * (1 - min_improvement):
+            best, best_x, best_iter, bad = r, out.detach().clone(), it, 0
+        else:
+            bad += 1
+            if bad >= patience:
+                break
+        loss = (A_fit.forward(out) - y_fit).abs().sum() / n_fit
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        opt.step()
+    stopped = len(residuals) < iters or bad >= patience
+    return best_x, {"residuals": residuals, "best_iter": best_iter, "stopped_early": stopped, "nfe": len(residuals)}
+
+
+def _flatten(kspace, mask, smaps):
+    """kspace/smaps [..., C, H, W] -> [B, C, H, W]; the mask -> [B, H, W] (0/1 float)."""
+    C, H, W = kspace.shape[-3:]
+    lead = kspace.shape[:-3]
+    if smaps.shape[-3:] != (C, H, W):
+        raise ValueError(f"smaps: expected [..., {C}, {H}, {W}] like the k-space, got {tuple(smaps.shape)}")
+    m = check_mask(mask, (H, W)).to(kspace.device)
+    B = math.prod(lead)
+    y = kspace.reshape(B, C, H, W)
+    s = torch.broadcast_to(smaps, lead + (C, H, W)).reshape(B, C, H, W)
+    m = torch.broadcast_to(m, lead + (m.shape[-2], W)).reshape(B, m.shape[-2], W).expand(B, H, W)
+    return y, s, m
+
+
+def fdmr(G, kspace: torch.Tensor, mask: torch.Tensor, smaps: torch.Tensor, generator: torch.Generator,
+         opts: FDMROptions | None = None, *, refine_eps=None, refine_betas=None,
+         record: dict | None = None) -> tuple[torch.Tensor, int]:
+    """FDMR reconstruction of multi-coil ``kspace`` [..., C, H, W] (already normalised) with SENSE
+    ``smaps``; returns (image [..., H, W], nfe).  ``refine_eps``/``refine_betas``: a VP eps prior for
+    stage 3 (else the generator's chain).  ``record`` (a dict) receives per-stage details."""
+    opts = opts or FDMROptions()
+    if not isinstance(kspace, torch.Tensor) or not kspace.is_complex() or kspace.ndim < 3:
+        raise ValueError(f"kspace: expected complex multi-coil k-space [..., C, H, W], got "
+                         f"{getattr(kspace, 'dtype', type(kspace).__name__)} {tuple(getattr(kspace, 'shape', ()))}")
+    if not torch.isfinite(torch.view_as_real(kspace)).all():
+        raise ValueError("kspace: contains NaN or Inf")
+    if not isinstance(generator, torch.Generator):
+        raise ValueError("generator: expected a torch.Generator (seeds are explicit)")
+    if opts.init not in ("zero-filled", "cg-sense"):
+        raise ValueError(f"fdmr option init: expected 'zero-filled' or 'cg-sense', got {opts.init!r}")
+    T = G.schedule.num_steps
+    start = opts.start or T
+    if not 1 <= start <= T:
+        raise ValueError(f"fdmr option start: expected 1..{T} (0 for T), got {opts.start}")
+    if opts.refinement and refine_eps is None and not 1 <= opts.refine_from <= T:
+        raise ValueError(f"fdmr option refine_from: expected 1..{T}, got {opts.refine_from}")
+    H, W = kspace.shape[-2:]
+    f = G.cfg.unet.downsample_factor
+    if H % f or W % f:
+        raise ValueError(f"kspace: image size {H}x{W} must be divisible by {f} for this generator")
+    y, s, m = _flatten(kspace, mask, smaps)
+    B = y.shape[0]
+    A = MultiCoilMRI(s, m)
+    dc = ddnm_dc(A, y, opts.cg_iters)
+    sched = G.schedule
+    rec = record if record is not None else {}
+    z = G.sample_z(B, generator, y.device)
+    nfe = 0
+
+    with torch.no_grad():
+        x_init = initial_estimate(A, y, opts.init_cg_iters if opts.init == "cg-sense" else 0)
+        x_est = x_init
+        x1 = sched.q_sample(x_init, 1, _noise(x_init, generator))  # stage 2 input without stage 1
+        if opts.generation:  # stage 1
+            x = sched.q_sample(x_init, start, _noise(x_init, generator))
+            for k in range(start, 0, -1):
+                if k == 1:
+                    x1 = x
+                x0 = dc(G(x, k, z), k)
+                nfe += 1
+                x = sched.posterior_sample(x, x0, k, generator)
+            x_est = x
+    rec["nfe_generation"] = nfe
+
+    if opts.adaptation:  # stage 2, per slice
+        outs, details = [], []
+        for b in range(B):
+            out, info = adapt(G, x1[b], z[b], y[b], s[b], m[b], generator, iters=opts.adapt_iters,
+                              lr=opts.adapt_lr, holdout=opts.holdout, patience=opts.patience,
+                              min_improvement=opts.min_improvement)
+            outs.append(out)
+            details.append(info)
+            nfe += info["nfe"]
+        with torch.no_grad():
+            x_est = dc(torch.stack(outs), 1)
+        rec["adaptation"] = details
+
+    if opts.refinement:  # stage 3
+        n0 = nfe
+        with torch.no_grad():
+            if refine_eps is not None:
+                x_est, n = ccdf(refine_eps, A, y, refine_betas, opts.refine_steps, generator, t0=opts.refine_t0,
+                                x_init=x_est, dc=dc)
+                nfe += n
+            else:
+                k0 = opts.refine_from
+                x = sched.q_sample(x_est, k0, _noise(x_est, generator))
+                for k in range(k0, 0, -1):
+                    x0 = dc(G(x, k, z), k)
+                    nfe += 1
+                    x = sched.posterior_sample(x, x0, k, generator)
+                x_est = x
+        rec["nfe_refinement"] = nfe - n0
+    return x_est.reshape(kspace.shape[:-3] + (H, W)), nfe
+
+
+def _noise(like: torch.Tensor, generator: torch.Generator) -> torch.Tensor:
+    return torch.randn(like.shape, generator=generator, dtype=like.dtype, device=like.device)
+
+
+def _refine_prior(name: str, device: torch.device):
+    """(eps_fn, betas) of a VP eps checkpoint given as a path or a builtin prior name."""
+    from .methods import _eps, load_prior
+
+    path = name
+    if not Path(name).exists():
+        try:
+            from medrecon.builtin_priors import prior_path
+        except ImportError:
+            raise ValueError(f"fdmr option refine_prior: {name!r} is not a checkpoint directory") from None
+        path = str(prior_path(name))
+    model, betas = load_prior(path, device, "fdmr")
+    return _eps(model), betas
+
+
+@register_method("fdmr", FDMROptions, "FDMR: DDGAN prior, fast DC'd generation + early-stopped per-slice "
+                 "adaptation + refinement (MRI 2025); needs checkpoint= (a DDGAN run)", needs_smaps=True,
+                 kind="diffusion")
+def _fdmr(kspace, mask, smaps, opts, generator):
+    if smaps is None:
+        raise ValueError("method 'fdmr' needs coil sensitivities (smaps)")
+    G = load_fdmr_generator(opts.checkpoint, kspace.device, opts.ema)
+    A = MultiCoilMRI(smaps, mask)
+    scale = torch.ones(kspace.shape[:-3], device=kspace.device)
+    if opts.normalize:
+        scale = A.adjoint(kspace).abs().flatten(-2).amax(-1).clamp_min(torch.finfo(torch.float32).tiny)
+    g = generator if generator is not None else torch.Generator(device=kspace.device).manual_seed(0)
+    eps = betas = None
+    if opts.refinement and opts.refine_prior:
+        eps, betas = _refine_prior(opts.refine_prior, kspace.device)
+    x, nfe = fdmr(G, kspace / scale[..., None, None, None], mask, smaps, g, opts, refine_eps=eps,
+                  refine_betas=betas)
+    return x * scale[..., None, None], nfe
