@@ -35,12 +35,7 @@ def register(subparsers) -> None:
         ("recon", "medrecon.bench_recon", "MRI reconstruction quality vs speed on a held-out simulated test set"),
         ("ct", "medrecon.ct.bench", "low-dose CT denoising: FBP, pixel DDPM and latent cold diffusion"),
     ):
-        try:  # TODO(integration): drop this guard once both modules exist
-            mod = importlib.import_module(module)
-        except ModuleNotFoundError as exc:
-            if exc.name != module:
-                raise
-            continue
+        mod = importlib.import_module(module)
         sp = sub.add_parser(name, help=text, description=(mod.__doc__ or text).split("\n\n")[0])
         mod.add_arguments(sp)
         sp.set_defaults(func=mod.main)
