@@ -87,6 +87,18 @@ def validate_inputs(kspace, mask, smaps=None):
     return kspace, m
 
 
+def estimate_smaps(y: torch.Tensor, mask: torch.Tensor, method: str) -> torch.Tensor:
+    """ESPIRiT maps from the fully sampled centre of ``y`` (>= 8 central lines, else a ValueError)."""
+    acs = acs_width(mask)
+    if acs < 8:
+        raise ValueError(f"method {method!r} needs coil sensitivities: pass smaps=, or use a "
+                         f"mask with >= 8 fully sampled central lines (found {acs})")
+    H, W = y.shape[-2:]
+    # 1-D masks: every readout row of the ACS columns is calibration data (48 rows suffice)
+    calib = (min(H, 48), min(acs, 24)) if mask.shape[-2] == 1 else min(acs, 24)
+    return espirit(y, calib_width=calib, kernel_width=min(6, acs))
+
+
 def reconstruct(kspace: torch.Tensor, mask: torch.Tensor, method: str = "zero-filled", *,
                 smaps: torch.Tensor | None = None, seed: int | None = None,
                 **options) -> ReconResult:
@@ -97,14 +109,7 @@ def reconstruct(kspace: torch.Tensor, mask: torch.Tensor, method: str = "zero-fi
     y = kspace * m.unsqueeze(-3)
     t0 = time.perf_counter()
     if spec.needs_smaps and smaps is None:
-        acs = acs_width(m)
-        if acs < 8:
-            raise ValueError(f"method {method!r} needs coil sensitivities: pass smaps=, or use a "
-                             f"mask with >= 8 fully sampled central lines (found {acs})")
-        H, W = y.shape[-2:]
-        # 1-D masks: every readout row of the ACS columns is calibration data (48 rows suffice)
-        calib = (min(H, 48), min(acs, 24)) if m.shape[-2] == 1 else min(acs, 24)
-        smaps = espirit(y, calib_width=calib, kernel_width=min(6, acs))
+        smaps = estimate_smaps(y, m, method)
     gen = None
     if seed is not None:
         gen = torch.Generator(device=kspace.device).manual_seed(int(seed))

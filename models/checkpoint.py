@@ -189,7 +189,16 @@ def save_checkpoint(
 
 def swap_directory(tmp: Path, directory: Path) -> None:
     """Move the finished folder ``tmp`` to ``directory``; an existing one is moved aside first
-    and removed only after the swap, so a crash never leaves neither."""
+    and removed only after the swap, so a crash never leaves neither.  The new folder and its files
+    get the umask's default permissions (``mkdtemp`` made it 0700: colleagues could not read it)."""
+    mask = os.umask(0o022)
+    os.umask(mask)
+    for root, dirs, files in os.walk(tmp):
+        for name in files:
+            os.chmod(os.path.join(root, name), 0o666 & ~mask)
+        for name in dirs:
+            os.chmod(os.path.join(root, name), 0o777 & ~mask)
+    os.chmod(tmp, 0o777 & ~mask)
     if directory.exists():
         old = Path(tempfile.mkdtemp(prefix=f".{directory.name}.old-", dir=directory.parent))
         os.replace(directory, old / "ckpt")

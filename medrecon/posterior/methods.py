@@ -78,12 +78,24 @@ def load_prior(checkpoint: str, device: torch.device, method: str, default: str 
     return _CACHE[key]
 
 
-def _eps(model, grad: bool = False, support: torch.Tensor | None = None):
+def _eps(model, grad: bool = False, support: torch.Tensor | None = None, cache: int = 1):
     """eps_fn on images [..., H, W] (complex, or real for a 1-channel prior) for the [B, H, W] wrapper.
+
+    ``cache`` > 1 runs the network through DeepCache (`medrecon.accel.DeepCacheUNet`, Ma et al.
+    CVPR 2024): every ``cache``-th call is a full U-Net pass, the calls between reuse its deep
+    features.  A fresh cache is made per call of this function, i.e. per reconstruction.
 
     ``support`` (bool, broadcastable to x): where False the image is known to be 0 (outside the coil
     maps' support, see `_support`), and eps is the exact eps of a zero pixel, x_t / sigma_t (so
     Tweedie's x0 estimate is 0 there); the network's eps elsewhere."""
+    if int(cache) < 1:
+        raise ValueError(f"option cache: expected a DeepCache interval >= 1 (1 = off), got {cache}")
+    if int(cache) > 1:
+        from medrecon.accel.deepcache import DeepCacheUNet
+        from medrecon.models.wrapper import DiffusionModel
+
+        model = DiffusionModel(DeepCacheUNet(model.net, interval=int(cache)), model.schedule,
+                               model.prediction_type)
     real = model.in_channels == 1
 
     def f(x, t):
@@ -137,13 +149,14 @@ class DDSOptions:
     solver: str = "ddim"
     normalize: bool = True
     support: bool = True  # x0 = 0 where the coil maps are 0 (_support)
+    cache: int = 1  # DeepCache interval: every cache-th network call is a full pass (1 = off)
 
 
 @register_method("dds", DDSOptions, "DDS: Tweedie + CG data step + DDIM (Chung et al. ICLR 2024)",
                  needs_smaps=True, kind="diffusion")
 def _dds(kspace, mask, smaps, opts, generator):
     model, betas, A, y, s, g = _setup(kspace, mask, smaps, opts, generator, "dds")
-    eps = _eps(model, support=_support(smaps, opts))
+    eps = _eps(model, support=_support(smaps, opts), cache=opts.cache)
     x, nfe = dds(eps, A, y, betas, opts.steps, g, gamma=opts.gamma, cg_iters=opts.cg_iters,
                  eta=opts.eta, solver=opts.solver)
     return x * s, nfe
@@ -158,13 +171,14 @@ class DDNMOptions:
     solver: str = "ddim"
     normalize: bool = True
     support: bool = True  # x0 = 0 where the coil maps are 0 (_support)
+    cache: int = 1  # DeepCache interval: every cache-th network call is a full pass (1 = off)
 
 
 @register_method("ddnm", DDNMOptions, "DDNM range-null-space projection + DDIM (Wang et al. ICLR 2023)",
                  needs_smaps=True, kind="diffusion")
 def _ddnm(kspace, mask, smaps, opts, generator):
     model, betas, A, y, s, g = _setup(kspace, mask, smaps, opts, generator, "ddnm")
-    eps = _eps(model, support=_support(smaps, opts))
+    eps = _eps(model, support=_support(smaps, opts), cache=opts.cache)
     x, nfe = ddnm(eps, A, y, betas, opts.steps, g, eta=opts.eta, cg_iters=opts.cg_iters, solver=opts.solver)
     return x * s, nfe
 
@@ -179,13 +193,14 @@ class DiffPIROptions:
     cg_iters: int = 10
     normalize: bool = True
     support: bool = True  # x0 = 0 where the coil maps are 0 (_support)
+    cache: int = 1  # DeepCache interval: every cache-th network call is a full pass (1 = off)
 
 
 @register_method("diffpir", DiffPIROptions, "DiffPIR proximal data step (Zhu et al. 2023)",
                  needs_smaps=True, kind="diffusion")
 def _diffpir(kspace, mask, smaps, opts, generator):
     model, betas, A, y, s, g = _setup(kspace, mask, smaps, opts, generator, "diffpir")
-    eps = _eps(model, support=_support(smaps, opts))
+    eps = _eps(model, support=_support(smaps, opts), cache=opts.cache)
     x, nfe = diffpir(eps, A, y, betas, opts.steps, g, sigma_n=opts.sigma_n, lam=opts.lam,
                      zeta=opts.zeta, cg_iters=opts.cg_iters)
     return x * s, nfe
@@ -223,6 +238,7 @@ class CCDFOptions:
     cg_iters: int = 10
     normalize: bool = True
     support: bool = True  # x0 = 0 where the coil maps are 0 (_support)
+    cache: int = 1  # DeepCache interval: every cache-th network call is a full pass (1 = off)
 
 
 @register_method("ccdf", CCDFOptions, "CCDF: diffuse a CG-SENSE estimate to t0, run the last t0 N steps",
@@ -230,7 +246,7 @@ class CCDFOptions:
 def _ccdf(kspace, mask, smaps, opts, generator):
     model, betas, A, y, s, g = _setup(kspace, mask, smaps, opts, generator, "ccdf")
     extra = {"eta": opts.eta} if opts.solver == "ddim" else {}
-    eps = _eps(model, support=_support(smaps, opts))
+    eps = _eps(model, support=_support(smaps, opts), cache=opts.cache)
     x, nfe = ccdf(eps, A, y, betas, opts.steps, g, t0=opts.t0, init_cg_iters=opts.init_cg_iters,
                   solver=opts.solver, dc=opts.dc, gamma=opts.gamma, cg_iters=opts.cg_iters, **extra)
     return x * s, nfe
@@ -261,8 +277,10 @@ def _score_mri(kspace, mask, smaps, opts, generator):
         raise ValueError(f"score-mri option variant: expected one of {SCORE_MRI_VARIANTS}, got {opts.variant!r}")
     kw = dict(snr=opts.snr, n_corrector=opts.n_corrector)
     if opts.variant in ("sense", "hybrid"):
-        if smaps is None:
-            raise ValueError(f"score-mri variant {opts.variant!r} needs smaps= (or use variant='ssos')")
+        if smaps is None:  # registered without needs_smaps: the ssos variant uses no maps
+            from medrecon.reconstruct import estimate_smaps
+
+            smaps = estimate_smaps(kspace, mask, f"score-mri (variant {opts.variant!r})")
         model, betas, A, y, s, g = _setup(kspace, mask, smaps, opts, generator, "score-mri", need_complex=False)
         if opts.variant == "sense":
             sup = _support(smaps, opts) if model.in_channels == 2 else None

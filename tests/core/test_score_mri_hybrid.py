@@ -111,3 +111,22 @@ def test_registered_hybrid_variant(tmp_path):
     assert torch.isfinite(r.magnitude).all()
     with pytest.raises(ValueError, match="variant"):
         reconstruct(k, mask, "score-mri", smaps=smaps, checkpoint=ck, steps=3, variant="nope")
+
+
+@pytest.mark.parametrize("variant", ["sense", "hybrid"])
+def test_sense_variants_estimate_maps_when_not_given(tmp_path, variant):
+    """Through ``reconstruct`` without smaps, the SENSE-based variants calibrate ESPIRiT maps
+    themselves (as the needs_smaps methods do) and equal a run with those maps passed in."""
+    from medrecon.datasets.demo import make_demo_file
+    from medrecon.datasets.fastmri import FastMRIFile
+    from medrecon.physics.masks import make_mask
+    from medrecon.reconstruct import estimate_smaps, reconstruct
+
+    with FastMRIFile(make_demo_file(tmp_path / "demo.h5")) as f:
+        k = f.read_slice(1)["kspace"][..., ::2, :]  # 128x128 k-space, 8 coils
+    mask = make_mask("equispaced_fraction", k.shape[-2:], acceleration=4, center_fraction=0.08, seed=0)
+    got = reconstruct(k, mask, "score-mri", variant=variant, steps=2, m_steps=1, seed=0)
+    maps = estimate_smaps(k * mask, mask, "score-mri")
+    ref = reconstruct(k, mask, "score-mri", variant=variant, steps=2, m_steps=1, seed=0, smaps=maps)
+    assert got.nfe == ref.nfe > 0 and torch.isfinite(got.image).all()
+    torch.testing.assert_close(got.image, ref.image)

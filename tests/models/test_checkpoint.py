@@ -116,3 +116,25 @@ def test_mismatch_errors_name_the_file(tmp_path):
         load_checkpoint(p5)
     with pytest.raises(FileNotFoundError, match="config.json"):
         load_checkpoint(tmp_path / "nothing")
+
+
+def test_checkpoint_folder_gets_umask_permissions(tmp_path):
+    """mkdtemp's 0700 must not leak into the finished checkpoint (others could not read a shared prior)."""
+    import os
+    import stat
+
+    from medrecon.models.checkpoint import save_checkpoint
+    from medrecon.models.networks import build_unet, preset
+    from medrecon.models.schedules import VPSchedule, make_betas
+    from medrecon.models.wrapper import DiffusionModel
+
+    old = os.umask(0o022)
+    try:
+        cfg = preset("tiny")
+        path = save_checkpoint(tmp_path / "ck", DiffusionModel(build_unet(cfg, seed=0), VPSchedule(make_betas()),
+                                                              "eps", network_config=cfg), cfg)
+    finally:
+        os.umask(old)
+    assert stat.S_IMODE(os.stat(path).st_mode) == 0o755
+    for f in path.iterdir():
+        assert stat.S_IMODE(os.stat(f).st_mode) == 0o644, f
