@@ -232,7 +232,7 @@ def test_exit_codes_and_bad_inputs(nifti_file, dicom_dir, tmp_path, capsys, monk
     usage = [["--coils", "0"], ["--steps", "0", "--method", "dds"], ["--method", "nope"],
              ["--method", "zero-filled", "--steps", "5"],
              ["--method", "dds", "--steps", "5", "-o", "steps=7"],
-             ["--method", "dds", "--cache", "3"],
+             ["--method", "l1-wavelet", "--cache", "3"],
              [str(dicom_dir), "--method", "zero-filled", "--out", str(tmp_path / "one.nii")]]
     for extra in usage:
         assert main(["recon", str(nifti_file), *extra, "--quiet"]) == 2
