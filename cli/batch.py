@@ -19,7 +19,7 @@ import json
 import sys
 from pathlib import Path
 
-from medrecon.cli.recon import OUTPUT_FORMATS, _options
+from medrecon.cli.recon import OUTPUT_FORMATS, _options, add_sampling_arguments
 
 
 def register(subparsers) -> None:
@@ -39,14 +39,7 @@ def register(subparsers) -> None:
                    help="retries of a task whose worker died")
     p.add_argument("--plugin", action="append", default=[], metavar="MODULE|FILE.py",
                    help="import in every worker first (methods registered outside medrecon)")
-    p.add_argument("--mask", default="equispaced_fraction",
-                   help="mask kind for retrospective undersampling")
-    p.add_argument("--acceleration", type=float, default=4.0)
-    p.add_argument("--center-fraction", type=float, default=0.08)
-    p.add_argument("--seed", "--mask-seed", type=int, default=0, help="mask seed")
-    p.add_argument("--sample-seed", type=int, default=None,
-                   help="sampler seed of diffusion methods (default: the method's, 0)")
-    p.add_argument("--slices", default=None, help="slice range 'a:b' or one index")
+    add_sampling_arguments(p)
     p.add_argument("--format", default="h5", choices=OUTPUT_FORMATS, help="output format")
     p.add_argument("--option", "-o", action="append", default=[], metavar="KEY=VALUE",
                    help="method option, repeatable (e.g. -o max_iter=20)")

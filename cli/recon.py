@@ -32,7 +32,6 @@ import sys
 from pathlib import Path
 
 OUTPUT_FORMATS = ("h5", "nifti", "dicom")  # = medrecon.pipeline.OUTPUT_FORMATS (lazy import)
-_EXT = {".h5": "h5", ".nii": "nifti", ".nii.gz": "nifti"}
 # sugar flag -> method option it sets
 SUGAR = {"steps": "steps", "solver": "solver", "cache": "cache"}
 
@@ -46,14 +45,7 @@ def register(subparsers) -> None:
     p.add_argument("inputs", nargs="+", help="fastMRI .h5 / .nii / .nii.gz files, DICOM series "
                    "folders or files, or folders of .h5 / NIfTI files")
     p.add_argument("--method", default="cg-sense", help="see `medrecon methods`")
-    p.add_argument("--mask", default="equispaced_fraction", help="mask kind for retrospective "
-                   "undersampling (random, equispaced, equispaced_fraction, magic, ...)")
-    p.add_argument("--acceleration", type=float, default=4.0)
-    p.add_argument("--center-fraction", type=float, default=0.08)
-    p.add_argument("--seed", "--mask-seed", type=int, default=0, help="mask seed")
-    p.add_argument("--sample-seed", type=int, default=None,
-                   help="sampler seed of diffusion methods (default: the method's, 0)")
-    p.add_argument("--slices", default=None, help="slice range 'a:b' or one index")
+    add_sampling_arguments(p)
     p.add_argument("--steps", type=int, default=None,
                    help="sampling steps: the method option 'steps' (diffusion methods)")
     p.add_argument("--solver", default=None,
@@ -77,12 +69,25 @@ def register(subparsers) -> None:
     p.set_defaults(func=run)
 
 
-def _options(pairs: list[str]) -> dict[str, str]:
+def add_sampling_arguments(p) -> None:
+    """The mask, seed and slice options shared by `recon` and `batch`."""
+    p.add_argument("--mask", default="equispaced_fraction", help="mask kind for retrospective "
+                   "undersampling (random, equispaced, equispaced_fraction, magic, ...)")
+    p.add_argument("--acceleration", type=float, default=4.0)
+    p.add_argument("--center-fraction", type=float, default=0.08)
+    p.add_argument("--seed", "--mask-seed", type=int, default=0, help="mask seed")
+    p.add_argument("--sample-seed", type=int, default=None,
+                   help="sampler seed of diffusion methods (default: the method's, 0)")
+    p.add_argument("--slices", default=None, help="slice range 'a:b' or one index")
+
+
+def _options(pairs: list[str], flag: str = "--option") -> dict[str, str]:
+    """KEY=VALUE pairs of a repeatable flag as a dict (dashes in keys become underscores)."""
     out = {}
     for pair in pairs:
         key, sep, value = pair.partition("=")
         if not sep or not key:
-            raise ValueError(f"--option expects KEY=VALUE, got {pair!r}")
+            raise ValueError(f"{flag} expects KEY=VALUE, got {pair!r}")
         out[key.replace("-", "_")] = value
     return out
 
@@ -115,39 +120,18 @@ def _check_sugar(method: str, given: dict[str, str]) -> None:
                              f"{', '.join(having) or '(none yet)'}")
 
 
-def _file_format(name: str) -> str | None:
-    return next((f for ext, f in _EXT.items() if name.endswith(ext)), None)
-
-
-def _stem(src: Path) -> str:
-    name = src.name
-    for ext in (".nii.gz", ".nii", ".h5", ".dcm"):
-        if name.lower().endswith(ext):
-            return name[:-len(ext)]
-    return name
-
-
 def _out_path(out: str | None, src: Path, n_inputs: int,
               fmt: str | None) -> tuple[Path | None, str]:
-    """(output path, format) for input ``src``; see the module docstring."""
-    if out is None:
-        return None, fmt or "h5"
-    o = Path(out)
-    ext_fmt = None if o.is_dir() else _file_format(o.name)
-    if ext_fmt is not None:
-        if fmt is not None and fmt != ext_fmt:
-            raise ValueError(f"--format {fmt} contradicts the extension of --out {o}")
-        if n_inputs > 1:
-            raise ValueError(f"--out {o} is a file but {n_inputs} inputs were given: pass a folder")
-        return o, ext_fmt
-    fmt = fmt or "h5"
-    if fmt == "dicom" and n_inputs == 1:
-        o.parent.mkdir(parents=True, exist_ok=True)
-        return o, fmt
-    o.mkdir(parents=True, exist_ok=True)
-    stem = _stem(src)
-    name = {"h5": stem + ".h5", "nifti": stem + ".nii.gz", "dicom": stem}[fmt]
-    return o / name, fmt
+    """(output path, format) for input ``src`` (`medrecon.pipeline.output_target`); makes the
+    output folder."""
+    from medrecon.pipeline import output_target
+
+    path, fmt = output_target(out, src, n_inputs, fmt, default="h5")
+    if path is not None and path != Path(out):  # --out is a folder of outputs
+        Path(out).mkdir(parents=True, exist_ok=True)
+    elif path is not None and fmt == "dicom":  # --out is the series folder itself
+        path.parent.mkdir(parents=True, exist_ok=True)
+    return path, fmt
 
 
 def _ct_module():

@@ -132,13 +132,9 @@ _GENERIC_DEFAULTS = {"preset": "tiny", "objective": "eps", "steps": 1000, "batch
 
 
 def _recipe_options(pairs: list[str]) -> dict[str, str]:
-    out: dict[str, str] = {}
-    for pair in pairs:
-        key, sep, value = pair.partition("=")
-        if not sep or not key:
-            raise ValueError(f"--recipe-option expects KEY=VALUE, got {pair!r}")
-        out[key.replace("-", "_")] = value
-    return out
+    from medrecon.cli.recon import _options
+
+    return _options(pairs, "--recipe-option")
 
 
 def _run(args) -> int:

@@ -47,7 +47,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable, Iterable, Sequence
 
-from medrecon.pipeline import OUTPUT_FORMATS, MaskSpec, reconstruct_file
+from medrecon.pipeline import OUTPUT_FORMATS, MaskSpec, output_name, reconstruct_file
 
 __all__ = ["run_batch", "BatchSummary", "VolumeResult", "find_inputs", "output_name",
            "load_plugins", "STATE_DIR", "FAILURES_FILE"]
@@ -151,13 +151,6 @@ def find_inputs(inputs: str | Path | Iterable[str | Path]) -> list[Path]:
     if not files:
         raise ValueError("no inputs given")
     return files
-
-
-def output_name(src: Path, fmt: str) -> str:
-    """The output of ``src`` in ``fmt``: ``x.h5``/``x.nii.gz``/``x/`` -> ``x.h5`` / ``x.nii.gz`` / ``x`` (a folder)."""
-    name = src.name
-    stem = next((name[: -len(s)] for s in _VOLUME_SUFFIXES if name.lower().endswith(s)), name)
-    return {"h5": stem + ".h5", "nifti": stem + ".nii.gz", "dicom": stem}[fmt]
 
 
 def load_plugins(plugins: Sequence[str]) -> None:

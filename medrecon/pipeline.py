@@ -44,7 +44,7 @@ from medrecon.physics.fft import ifft2c
 from medrecon.physics.masks import make_mask
 from medrecon.reconstruct import reconstruct
 
-__all__ = ["MaskSpec", "reconstruct_file", "parse_slices", "output_format", "recon_affine",
+__all__ = ["MaskSpec", "reconstruct_file", "parse_slices", "output_format", "output_name", "output_target", "recon_affine",
            "write_output", "check_writable", "OUTPUT_FORMATS"]
 
 OUTPUT_FORMATS = ("h5", "nifti", "dicom")
@@ -267,6 +267,39 @@ def check_writable(out, fmt: str, overwrite: bool) -> None:
         clash = p.exists()
     if clash:
         raise FileExistsError(f"{p} exists; pass overwrite=True (--overwrite) to replace it")
+
+
+_INPUT_SUFFIXES = (".nii.gz", ".nii", ".hdf5", ".h5", ".npz", ".npy", ".dcm")
+_OUT_EXT = {".h5": "h5", ".nii": "nifti", ".nii.gz": "nifti"}
+
+
+def output_name(src: Path, fmt: str) -> str:
+    """The output name of input ``src`` in ``fmt``: its name without the volume suffix, plus
+    ``.h5`` / ``.nii.gz``, or bare (a DICOM series folder)."""
+    name = src.name
+    stem = next((name[: -len(e)] for e in _INPUT_SUFFIXES if name.lower().endswith(e)), name)
+    return {"h5": stem + ".h5", "nifti": stem + ".nii.gz", "dicom": stem}[fmt]
+
+
+def output_target(out, src: Path, n_inputs: int, fmt: str | None,
+                  default: str = "h5") -> tuple[Path | None, str]:
+    """(output path, format) of input ``src`` for a command's ``--out``/``--format``: a file whose
+    extension sets the format (one input only), the folder itself as the DICOM series of a single
+    input, or ``out/<output_name>`` in ``fmt`` (else ``default``).  Contradictions are ValueErrors."""
+    if out is None:
+        return None, fmt or default
+    o = Path(out)
+    ext_fmt = None if o.is_dir() else next((f for e, f in _OUT_EXT.items() if o.name.endswith(e)), None)
+    if ext_fmt is not None:
+        if fmt is not None and fmt != ext_fmt:
+            raise ValueError(f"--format {fmt} contradicts the extension of --out {o}")
+        if n_inputs > 1:
+            raise ValueError(f"--out {o} is a file but {n_inputs} inputs were given: pass a folder")
+        return o, ext_fmt
+    fmt = fmt or default
+    if fmt == "dicom" and n_inputs == 1:
+        return o, fmt
+    return o / output_name(src, fmt), fmt
 
 
 def output_format(out, fmt: str | None = None) -> str:

@@ -176,11 +176,7 @@ def save_checkpoint(
         if rng:
             save_file({k: v.detach().cpu().contiguous() for k, v in rng.items()}, str(tmp / "rng.safetensors"))
             cfg["files"]["rng"] = "rng.safetensors"
-        with open(tmp / CONFIG, "w") as f:
-            json.dump(cfg, f, indent=1)
-            f.flush()
-            os.fsync(f.fileno())
-        swap_directory(tmp, directory)
+        finish_directory(tmp, directory, cfg)
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise
@@ -208,14 +204,31 @@ def swap_directory(tmp: Path, directory: Path) -> None:
         os.replace(tmp, directory)
 
 
-def _read_config(directory: Path) -> dict[str, Any]:
+def finish_directory(tmp: Path, directory: Path, config: dict[str, Any] | str) -> None:
+    """Write ``config`` (a dict or its JSON text) as ``config.json`` into the staged folder ``tmp``,
+    flushed to disk, then swap the folder into place (`swap_directory`)."""
+    text = config if isinstance(config, str) else json.dumps(config, indent=1)
+    with open(tmp / CONFIG, "w") as f:
+        f.write(text)
+        f.flush()
+        os.fsync(f.fileno())
+    swap_directory(tmp, directory)
+
+
+def read_config_json(directory: Path, what: str = "medrecon checkpoint") -> Any:
+    """The parsed ``config.json`` of a checkpoint folder; a clear error when missing or not JSON."""
     file = directory / CONFIG
     if not file.is_file():
-        raise FileNotFoundError(f"{file}: no checkpoint config (is {directory} a medrecon checkpoint?)")
+        raise FileNotFoundError(f"{file}: no checkpoint config (is {directory} a {what}?)")
     try:
-        cfg = json.loads(file.read_text())
+        return json.loads(file.read_text())
     except json.JSONDecodeError as exc:
         raise ValueError(f"{file}: not valid JSON ({exc})") from None
+
+
+def _read_config(directory: Path) -> dict[str, Any]:
+    file = directory / CONFIG
+    cfg = read_config_json(directory)
     if not isinstance(cfg, dict) or cfg.get("format") != FORMAT:
         raise ValueError(f"{file}: not a medrecon checkpoint (format {cfg.get('format') if isinstance(cfg, dict) else None!r})")
     if cfg.get("version") != VERSION:

@@ -21,7 +21,6 @@ range as a 1000-step prior.  Knows nothing of physics: the sampler takes a ``dc(
 """
 from __future__ import annotations
 
-import json
 import math
 import os
 import shutil
@@ -34,7 +33,8 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from .checkpoint import _check_state, _load_tensors, _optimizer_join, _optimizer_split, _state, swap_directory
+from .checkpoint import (_check_state, _load_tensors, _optimizer_join, _optimizer_split, _state, finish_directory,
+                         read_config_json)
 from .networks import UNetConfig, build_unet, unet_config
 from .wrapper import from_channels, to_channels
 
@@ -390,11 +390,7 @@ def save_ddgan(directory: str | os.PathLike, G: Generator, D: Discriminator, *, 
                 save_file(tensors, str(tmp / f"{name}.safetensors"))
                 cfg["files"][name] = f"{name}.safetensors"
                 cfg[name] = meta
-        with open(tmp / "config.json", "w") as f:
-            json.dump(cfg, f, indent=1)
-            f.flush()
-            os.fsync(f.fileno())
-        swap_directory(tmp, directory)
+        finish_directory(tmp, directory, cfg)
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise
@@ -405,12 +401,7 @@ def load_ddgan(directory: str | os.PathLike, map_location: str | torch.device = 
     """Rebuild G and D from ``config.json`` and load the safetensors weights (no code executed)."""
     directory = Path(directory)
     file = directory / "config.json"
-    if not file.is_file():
-        raise FileNotFoundError(f"{file}: no checkpoint config (is {directory} a DDGAN checkpoint?)")
-    try:
-        meta = json.loads(file.read_text())
-    except json.JSONDecodeError as exc:
-        raise ValueError(f"{file}: not valid JSON ({exc})") from None
+    meta = read_config_json(directory, "DDGAN checkpoint")
     if not isinstance(meta, dict) or meta.get("format") != FORMAT:
         got = meta.get("format") if isinstance(meta, dict) else None
         raise ValueError(f"{file}: not a DDGAN checkpoint (format {got!r}, expected {FORMAT!r}; a diffusion "

@@ -25,7 +25,7 @@ from typing import Any
 
 import torch
 
-from medrecon.models.checkpoint import swap_directory
+from medrecon.models.checkpoint import finish_directory, read_config_json
 
 __all__ = ["CT_FORMAT", "CT_VERSION", "save_ct_checkpoint", "read_ct_checkpoint", "check_state"]
 
@@ -57,11 +57,7 @@ def save_ct_checkpoint(directory: str | os.PathLike, kind: str, config: dict[str
     try:
         for name, state in weights.items():
             save_file(_cpu(state), str(tmp / f"{name}.safetensors"))
-        with open(tmp / "config.json", "w") as f:
-            f.write(text)
-            f.flush()
-            os.fsync(f.fileno())
-        swap_directory(tmp, directory)
+        finish_directory(tmp, directory, text)
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise
@@ -74,12 +70,7 @@ def read_ct_checkpoint(directory: str | os.PathLike, kind: str) -> tuple[dict[st
 
     directory = Path(directory)
     file = directory / "config.json"
-    if not file.is_file():
-        raise FileNotFoundError(f"{file}: no checkpoint config (is {directory} a medrecon CT checkpoint?)")
-    try:
-        cfg = json.loads(file.read_text())
-    except json.JSONDecodeError as exc:
-        raise ValueError(f"{file}: not valid JSON ({exc})") from None
+    cfg = read_config_json(directory, "medrecon CT checkpoint")
     if not isinstance(cfg, dict) or cfg.get("format") != CT_FORMAT:
         got = cfg.get("format") if isinstance(cfg, dict) else None
         raise ValueError(f"{file}: not a {CT_FORMAT} checkpoint (format {got!r})")

@@ -55,7 +55,6 @@ CT_OPTIONS: dict[str, dict[str, type]] = {
     "pixel-ddpm": {"filter": str, "checkpoint": str, "solver": str, "steps": int, "eta": float,
                    "clip_x0": str, "ldct_above": int},
 }
-_EXT = {".nii": "nifti", ".nii.gz": "nifti", ".h5": "h5"}
 
 
 def _parse_options(method: str, pairs: list[str]) -> dict[str, Any]:
@@ -228,31 +227,13 @@ def reconstruct_ct(scan: CTScan, method: str, options: dict, models: _Models | N
 
 
 # ------------------------------------------------------------------------------- output
-def _stem(src: Path) -> str:
-    name = src.name
-    for ext in (".nii.gz", ".hdf5", ".h5", ".npz", ".npy", ".dcm"):
-        if name.lower().endswith(ext):
-            return name[:-len(ext)]
-    return name
-
-
 def output_path(out, src: Path, n_inputs: int, fmt: str | None) -> tuple[Path | None, str | None]:
     """(path, format): a ``.nii``/``.nii.gz``/``.h5`` file, or a folder (default format dicom)."""
+    from medrecon.pipeline import output_target
+
     if out is None:
         return None, None
-    o = Path(out)
-    ext_fmt = None if o.is_dir() else next((f for e, f in _EXT.items() if o.name.endswith(e)), None)
-    if ext_fmt is not None:
-        if fmt is not None and fmt != ext_fmt:
-            raise ValueError(f"--format {fmt} contradicts the extension of --out {o}")
-        if n_inputs > 1:
-            raise ValueError(f"--out {o} is a file but {n_inputs} inputs were given: pass a folder")
-        return o, ext_fmt
-    fmt = fmt or "dicom"
-    if fmt == "dicom" and n_inputs == 1:
-        return o, fmt
-    name = {"h5": _stem(src) + ".h5", "nifti": _stem(src) + ".nii.gz", "dicom": _stem(src)}[fmt]
-    return o / name, fmt
+    return output_target(out, src, n_inputs, fmt, default="dicom")
 
 
 def _check_writable(out: Path, fmt: str, overwrite: bool) -> None:
