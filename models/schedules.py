@@ -72,15 +72,24 @@ class VPSchedule:
         self.alphas_cumprod = torch.cumprod(1.0 - b, 0)
         self.num_train_timesteps = len(b)
 
+    def _table(self, device: torch.device) -> torch.Tensor:
+        """[1, abar_0, ..., abar_{N-1}] on ``device`` (copied there once, then cached)."""
+        cache = self.__dict__.setdefault("_tables", {})
+        if device not in cache:
+            cache[device] = torch.cat([torch.ones(1, dtype=torch.float64), self.alphas_cumprod]).to(device)
+        return cache[device]
+
     def abar(self, t: TimeLike) -> torch.Tensor:
+        """abar at ``t`` on t's device.  The range check runs for CPU times only: on an accelerator
+        it would stall every network call for a host read-back (out-of-range t is clamped there)."""
         t = _as_t(t)
         n = self.num_train_timesteps
-        if bool((t < -1).any()) or bool((t > n - 1).any()):
+        if t.device.type == "cpu" and (bool((t < -1).any()) or bool((t > n - 1).any())):
             raise ValueError(
                 f"t: timestep {float(t.max() if bool((t > n - 1).any()) else t.min()):g} is outside the "
                 f"training horizon: expected timesteps in [-1, {n - 1}] (the schedule has {n} training "
                 f"timesteps; sample with the model's own betas)")
-        table = torch.cat([torch.ones(1, dtype=torch.float64), self.alphas_cumprod])
+        table = self._table(t.device)
         pos = t + 1.0
         lo = pos.floor().clamp(0, n).long()
         hi = (lo + 1).clamp(max=n)

@@ -98,7 +98,7 @@ class DiffusionModel(nn.Module):
         return t
 
     def _coeffs(self, t: torch.Tensor, ndim: int, dtype: torch.dtype) -> tuple[torch.Tensor, torch.Tensor]:
-        tc = t.detach().cpu()  # schedules keep their tables on the CPU
+        tc = t.detach()  # the schedules compute on t's device: no host round trip per call
         a = torch.as_tensor(self.schedule.alpha(tc)).to(t.device)
         s = torch.as_tensor(self.schedule.sigma(tc)).to(t.device)
         a = torch.broadcast_to(a, t.shape).to(dtype)
@@ -109,7 +109,7 @@ class DiffusionModel(nn.Module):
     def net_time(self, t: torch.Tensor) -> torch.Tensor:
         """The time value fed to the network's embedding."""
         if is_ve(self.schedule):
-            sigma = torch.as_tensor(self.schedule.sigma(t.detach().cpu())).to(t.device, torch.float32)
+            sigma = torch.as_tensor(self.schedule.sigma(t.detach())).to(t.device, torch.float32)
             return 100.0 * (torch.log(torch.broadcast_to(sigma, t.shape)) + 5.0)
         return t
 

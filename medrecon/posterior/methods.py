@@ -104,8 +104,8 @@ def _eps(model, grad: bool = False, support: torch.Tensor | None = None, cache: 
         with torch.set_grad_enabled(grad and torch.is_grad_enabled()):
             e = (model.eps(xb, t).squeeze(1) if real else model.eps(xb, t)).reshape(x.shape)
             if support is not None:
-                sigma = torch.as_tensor(model.schedule.sigma(torch.as_tensor(t).detach().cpu()))
-                e = torch.where(support, e, x / sigma.to(x.device, x.real.dtype).reshape(-1, 1, 1).squeeze(0))
+                sigma = torch.as_tensor(model.schedule.sigma(torch.as_tensor(t, device=x.device).detach()))
+                e = torch.where(support, e, x / sigma.to(x.real.dtype).reshape(-1, 1, 1).squeeze(0))
         return e
     return f
 

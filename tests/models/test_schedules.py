@@ -96,3 +96,17 @@ def test_other_spacings():
         spacing("leading", 0)
     with pytest.raises(ValueError, match="kind"):
         make_betas("sigmoid")
+
+
+def test_vp_schedule_computes_on_the_device_of_t():
+    """No host round trip per network call: alpha/sigma of a device tensor stay on that device (the
+    meta device stands in for CUDA here: any .cpu() or host read-back of it would raise)."""
+    import torch
+
+    from medrecon.models.schedules import VPSchedule, make_betas
+
+    sched = VPSchedule(make_betas("linear", 1000))
+    t = torch.tensor([10.0, 999.0], device="meta")
+    assert sched.alpha(t).device.type == "meta" and sched.sigma(t).device.type == "meta"
+    cpu = sched.sigma(torch.tensor([10.0, 999.0]))
+    assert cpu.device.type == "cpu" and float(cpu[1]) > float(cpu[0])
