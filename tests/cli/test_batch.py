@@ -35,10 +35,15 @@ CRASH_PLUGIN = textwrap.dedent('''
 
     @register_method("test-crash-once", CrashOnceOptions, "test only: kill the worker once")
     def crash_once(kspace, mask, smaps, opts, generator):
-        marker = Path(opts.marker)
-        if opts.marker and marker.exists():
-            marker.unlink()
-            os.kill(os.getpid(), signal.SIGKILL)
+        # unlink is the atomic claim: two volumes run at once, and only the one whose unlink
+        # succeeds kills its worker (an exists() check first would race)
+        if opts.marker:
+            try:
+                Path(opts.marker).unlink()
+            except FileNotFoundError:
+                pass
+            else:
+                os.kill(os.getpid(), signal.SIGKILL)
         return zero_filled(kspace, mask, smaps, opts, generator)
 ''')
 
