@@ -77,7 +77,6 @@ _STEPS_FAMILIES = {"score-mri": "score_steps", "hfs-sde": "hfs_steps", "spirit-d
                    "dps": "dps_steps"}
 FAST_NFE = 50          # goal 1: a sampler at <= 50 NFE ...
 GOAL_DB = 0.5          # ... within 0.5 dB PSNR of the best slow sampler
-FDMR_DEFAULT = Path("/work/main/runs/fdmr/ddgan128")
 FOVS = ("full", "crop")
 OUTPUTS = ("bench_recon.md", "bench_recon.json", "bench_recon_psnr_nfe.png", "bench_recon_images.png")
 
@@ -500,7 +499,8 @@ def add_arguments(p) -> None:
     p.add_argument("--fov", default="full", choices=FOVS, help="full: reconstruct the readout-oversampled grid "
                    "and crop (as medrecon recon); crop: remove the oversampling first")
     p.add_argument("--sample-seed", type=int, default=0, help="seed of the diffusion samplers")
-    p.add_argument("--fdmr-checkpoint", default=None, help=f"fdmr checkpoint (default {FDMR_DEFAULT} when it exists)")
+    p.add_argument("--fdmr-checkpoint", default=None, help="DDGAN checkpoint for the fdmr rows (no DDGAN "
+                   "ships with medrecon: without it fdmr is left out of the default methods)")
     p.add_argument("--option", "-o", action="append", default=[], metavar="[METHOD.]KEY=VALUE",
                    help="method option, repeatable (e.g. -o dds.checkpoint=DIR)")
     p.add_argument("--quick", action="store_true", help="tiny run: 1 slice, 2 masks, NFE 10, two solvers, N = 10 "
@@ -537,7 +537,7 @@ def main(args=None) -> int:
     from medrecon.registry import list_methods
 
     registered = {s.name for s in list_methods()}
-    fdmr_ckpt = args.fdmr_checkpoint or (str(FDMR_DEFAULT) if FDMR_DEFAULT.is_dir() else None)
+    fdmr_ckpt = args.fdmr_checkpoint
     families = _split(args.methods) if args.methods else [
         m for m in DEFAULT_FAMILIES if m in registered and (m != "fdmr" or fdmr_ckpt
                                                            or any(o.startswith("fdmr.") for o in args.option))]

@@ -49,8 +49,9 @@ def _model_caches() -> list[dict]:
 
 # methods whose prior `medrecon.posterior.methods` loads (preloaded at construction with a device);
 # other diffusion methods (fdmr, plugins) load on their first run and are held from then on
-_SCORE_METHODS = ("hfs-sde", "spirit-diffusion")
+_SCORE_METHODS = ("hfs-sde",)
 _VP_METHODS = ("dds", "ddnm", "diffpir", "dps", "ccdf", "score-mri")
+_EITHER_METHODS = ("spirit-diffusion",)  # a VP image prior or a per-coil VE score prior
 
 
 class Reconstructor:
@@ -89,10 +90,11 @@ class Reconstructor:
                     cache.clear()
                     cache.update(items)
             return
-        if self.method in _SCORE_METHODS + _VP_METHODS:
+        if self.method in _SCORE_METHODS + _VP_METHODS + _EITHER_METHODS:
             from medrecon.posterior import methods as pm
 
-            loader = pm.load_score_prior if self.method in _SCORE_METHODS else pm.load_prior
+            loader = (pm.load_score_prior if self.method in _SCORE_METHODS else
+                      pm.load_spirit_prior if self.method in _EITHER_METHODS else pm.load_prior)
             loader(self.checkpoint, device, self.method)
             self._hold(device)
 

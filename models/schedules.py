@@ -112,9 +112,13 @@ class VPSchedule:
         return torch.log(a / (1 - a))
 
     def sigma_to_t(self, sigma: torch.Tensor) -> torch.Tensor:
-        """Fractional timestep with edm_sigma(t) = sigma (diffusers' ``_sigma_to_t``: interpolation in log sigma)."""
-        log_sigmas = (((1 - self.alphas_cumprod) / self.alphas_cumprod).sqrt()).log()
-        ls = torch.as_tensor(sigma, dtype=torch.float64).clamp_min(1e-10).log()
+        """Fractional timestep with edm_sigma(t) = sigma (diffusers' ``_sigma_to_t``: interpolation in log
+        sigma), computed on sigma's device (float64); sigmas outside the table's range are clamped to it."""
+        ls = torch.as_tensor(sigma).to(torch.float64).clamp_min(1e-10).log()  # on sigma's device
+        cache = self.__dict__.setdefault("_log_sigmas", {})
+        if ls.device not in cache:  # the table is copied to a device once, then cached
+            cache[ls.device] = (((1 - self.alphas_cumprod) / self.alphas_cumprod).sqrt()).log().to(ls.device)
+        log_sigmas = cache[ls.device]
         idx = torch.searchsorted(log_sigmas, ls.reshape(-1)).clamp(1, len(log_sigmas) - 1)
         lo, hi = log_sigmas[idx - 1], log_sigmas[idx]
         w = ((ls.reshape(-1) - lo) / (hi - lo)).clamp(0, 1)

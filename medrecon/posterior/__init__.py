@@ -24,6 +24,8 @@ __all__ = ["dds", "dds_dc", "ddnm", "ddnm_dc", "diffpir", "dps", "ccdf", "initia
            "score_mri", "score_mri_ssos"]
 
 from .hfs_sde import HFSSDE, gaussian_hfs_score, hfs_sde  # noqa: E402
-from .spirit_diffusion import coil_projector, spirit_diffusion, spirit_drift  # noqa: E402
+from .spirit_diffusion import (coil_projector, coil_score_from_image_prior, spirit_diffusion,  # noqa: E402
+                               spirit_drift, ve_score_from_vp)
 
-__all__ += ["hfs_sde", "HFSSDE", "gaussian_hfs_score", "spirit_diffusion", "spirit_drift", "coil_projector"]
+__all__ += ["hfs_sde", "HFSSDE", "gaussian_hfs_score", "spirit_diffusion", "spirit_drift", "coil_projector",
+            "coil_score_from_image_prior", "ve_score_from_vp"]

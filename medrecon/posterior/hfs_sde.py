@@ -6,13 +6,19 @@ loss needs it and models/ must not import medrecon core): noise only on the high
 Mhat = F^-1 (1 - M_L) F, beta(t) = 0.1 + t (20 - 0.1), x_t = x_0 + (e^c - 1) Mhat x_0 + std Mhat z.
 
 Sampler (predictor-corrector, the repo's defaults: ``euler_maruyama`` predictor, ``langevin``
-corrector, one corrector step, time grid linspace(1, eps = 1e-3, N), dt = 1/N, x_mean returned):
+corrector, one corrector step, time grid linspace(1, eps = 1e-3, N), dt = 1/N; the last predictor
+step is Tweedie's E[x0 | x_t] (``tweedie=True``, Song et al.'s "denoise" step), else x_mean of the
+Euler-Maruyama step as the repo returns it):
 
 - start: x_T = A^H (M_L y) + Mhat z -- the low frequencies from the data, only the high ones noise;
 - Langevin corrector at t_i: x <- x + e (s - g_c) + sqrt(2 e) Mhat z,  s = Mhat score(x, std_i),
   e = 2 alpha_i (snr ||z|| / ||s||)^2 with alpha_i = 1 - beta(t_i) / 1000 (the repo's table
   1 - beta_i / num_scales) and ||z|| the norm of the unprojected noise, as in the repo;
 - Euler-Maruyama predictor: x <- x + [1/2 beta Mhat x + beta (s - g_p)] dt + sqrt(beta dt) Mhat z.
+  At the last step (t = eps) this multiplies the high-frequency residual by 1 + beta dt (1/2 - 1/v_t),
+  v_t its variance: for real images v_t ~ std^2 = 1e-4, and with N = 100 (beta dt = 1.2e-3) that is
+  about -11, which is why N = 100 diverged; Tweedie's step, x + Mhat (x + std^2 s) / e^c - Mhat x,
+  is the posterior mean instead and never overshoots.
   (This is the repo's reverse-diffusion step for HFS: its ``RSDE.sde``; the ``reverse_diffusion``
   predictor's ``RSDE.discretize`` raises NotImplementedError for HFS_SDE.)
 
@@ -82,7 +88,8 @@ def check_low_frequencies(operator, sde: HFSSDE, shape) -> None:
 def hfs_sde(score_fn, operator, y: torch.Tensor, sde: HFSSDE | None = None, steps: int = 1000,
             generator: torch.Generator | None = None, *, snr: float = 0.16, n_corrector: int = 1,
             mse: float = 2.5, corrector_mse: float = 0.1, dc: str = "hard", dc_noise: bool = True,
-            eps: float = 1e-3, cg_iters: int = 10, x_T: torch.Tensor | None = None) -> tuple[torch.Tensor, int]:
+            eps: float = 1e-3, cg_iters: int = 10, x_T: torch.Tensor | None = None,
+            tweedie: bool = True) -> tuple[torch.Tensor, int]:
     """HFS-SDE PC sample(s) for ``y = A x``: ``(x0, nfe)`` (module docstring).  ``sde`` defaults to
     ``HFSSDE()`` (acs 16, the repo's training default); it must be the one the prior was trained on."""
     sde = HFSSDE() if sde is None else sde
@@ -145,6 +152,9 @@ def hfs_sde(score_fn, operator, y: torch.Tensor, sde: HFSSDE | None = None, step
             if hard:
                 x = project_to(x, c_i, std_i)
         s = hp(score_fn(x, sig[i]))
+        if tweedie and i == n - 1:  # E[x0 | x_t]: low frequencies as they are, high ones (x + std^2 s) / e^c
+            x_mean = x - hp(x) + hp(x + std_i ** 2 * s) / c_i
+            break
         drift = s if hard else s - _rescaled(operator.normal(x) - aty, _norm(s), mse)
         x_mean = x + (0.5 * b * hp(x) + b * drift) * dt
         x = x_mean + (b * dt) ** 0.5 * hp(randn(x))

@@ -5,8 +5,9 @@ Names: ``dds``, ``ddnm``, ``diffpir``, ``dps``, ``ccdf``, ``score-mri`` (VP prio
 prior shipped with medrecon (``medrecon.builtin_priors``) or the directory of a checkpoint written
 by ``medrecon train`` / ``medrecon.models.checkpoint.save_checkpoint`` (EMA weights used when
 present).  Defaults: ``brain128-vp`` for the VP samplers, ``brain128-hfs`` for ``hfs-sde``
-(trained on the simulated brain, 128-wide images: docs/priors.md); ``spirit-diffusion`` has no
-shipped prior (it needs a VE score prior of per-coil images) and requires ``checkpoint=``.
+(trained on the simulated brain, 128-wide images: docs/priors.md); ``spirit-diffusion`` also defaults
+to ``brain128-vp``, a prior of coil-combined images that it lifts to coil space (or takes a per-coil
+VE score prior).
 A complex (2-channel) network is required, except for ``score-mri``, which runs a real (1-channel)
 prior in its real/imaginary variant.
 
@@ -259,6 +260,7 @@ class ScoreMRIOptions:
     snr: float = 0.16
     n_corrector: int = 1
     variant: str = "ssos"
+    dc_noise: bool = True  # DC onto the measurement diffused like x (False: onto sqrt(abar) y)
     m_steps: int = 50  # hybrid: a SENSE Kaczmarz step every m_steps steps
     lam_start: float = 1.0  # hybrid: its lambda, linear from lam_start ...
     lam_end: float = 0.2  # ... to lam_end
@@ -275,7 +277,7 @@ SCORE_MRI_VARIANTS = ("ssos", "sense", "hybrid")
 def _score_mri(kspace, mask, smaps, opts, generator):
     if opts.variant not in SCORE_MRI_VARIANTS:
         raise ValueError(f"score-mri option variant: expected one of {SCORE_MRI_VARIANTS}, got {opts.variant!r}")
-    kw = dict(snr=opts.snr, n_corrector=opts.n_corrector)
+    kw = dict(snr=opts.snr, n_corrector=opts.n_corrector, dc_noise=opts.dc_noise)
     if opts.variant in ("sense", "hybrid"):
         if smaps is None:  # registered without needs_smaps: the ssos variant uses no maps
             from medrecon.reconstruct import estimate_smaps
@@ -304,13 +306,13 @@ def _score_mri(kspace, mask, smaps, opts, generator):
 # ---------------------------------------------------------------- HFS-SDE and SPIRiT-Diffusion
 # Both need a VE-type "score" checkpoint (the network conditioned on the noise level sigma), not
 # the VP priors above: an HFS prior trained with ``medrecon.models.hfs_loss.hfs_loss`` (its
-# ``HFSSDE`` stored in the checkpoint config as ``extra["hfs"] = sde.to_dict()``), and a per-coil
-# complex prior for SPIRiT-Diffusion.
+# ``HFSSDE`` stored in the checkpoint config as ``extra["hfs"] = sde.to_dict()``); SPIRiT-Diffusion
+# takes a per-coil complex VE score prior or a VP prior of coil-combined images (converted and lifted).
 
 from .hfs_sde import hfs_sde  # noqa: E402
 from .spirit_diffusion import spirit_diffusion  # noqa: E402
 
-__all__ += ["HFSSDEOptions", "SpiritDiffusionOptions", "load_score_prior"]
+__all__ += ["HFSSDEOptions", "SpiritDiffusionOptions", "load_score_prior", "load_spirit_prior"]
 
 
 def load_score_prior(checkpoint: str, device: torch.device, method: str, default: str | None = None):
@@ -367,6 +369,7 @@ class HFSSDEOptions:
     n_corrector: int = 1
     dc: str = "hard"
     acs: int = 0  # width of the low-frequency block M_L; 0: the checkpoint's extra["hfs"] (else 16)
+    tweedie: bool = True  # last step: Tweedie's E[x0 | x_t] instead of the Euler-Maruyama mean
     normalize: bool = True
     support: bool = True  # x0 = 0 where the coil maps are 0 (_support)
 
@@ -388,35 +391,43 @@ def _hfs_sde(kspace, mask, smaps, opts, generator):
         scale = A.adjoint(kspace).abs().flatten(-2).amax(-1).clamp_min(torch.finfo(torch.float32).tiny)
     g = generator if generator is not None else torch.Generator(device=kspace.device).manual_seed(0)
     x, nfe = hfs_sde(_score(model, _support(smaps, opts)), A, kspace / scale[..., None, None, None], sde, opts.steps, g, snr=opts.snr,
-                     mse=opts.mse, corrector_mse=opts.corrector_mse, n_corrector=opts.n_corrector, dc=opts.dc)
+                     mse=opts.mse, corrector_mse=opts.corrector_mse, n_corrector=opts.n_corrector, dc=opts.dc,
+                     tweedie=opts.tweedie)
     return x * scale[..., None, None], nfe
 
 
 @dataclass
 class SpiritDiffusionOptions:
-    checkpoint: str = ""
+    checkpoint: str = VP_PRIOR  # a VP prior of coil-combined images (lifted) or a per-coil VE score prior
     steps: int = 1000
     eta: float = 0.45
     snr: float = 0.7
     mse: float = 0.2
     corrector_mse: float = 0.2
-    n_corrector: int = 1
+    n_corrector: int = 0  # the paper: 1 (snr 0.7); 0 measured best with brain128-vp (docs/bench_recon.md)
     dc: str = "hard"
-    sigma_min: float = 0.0  # 0: the checkpoint's VE sigma_min (the paper: 0.01)
-    sigma_max: float = 0.0  # 0: the checkpoint's VE sigma_max (the paper: 348)
+    sigma_min: float = 0.0  # 0: the checkpoint's (VE: its sigma_min; VP: sqrt(beta_0 / (1 - beta_0)))
+    sigma_max: float = 0.0  # 0: the checkpoint's (VE: its sigma_max; VP: sqrt((1 - abar_T) / abar_T)); paper 348
     kernel_width: int = 7
     normalize: bool = True
+    support: bool = True  # VP prior: rho = 0 where the coil maps are 0 (_support)
 
 
 @register_method("spirit-diffusion", SpiritDiffusionOptions, "SPIRiT-Diffusion: per-coil SDE with the SPIRiT "
-                 "consistency drift (Cui et al. TMI 2024); needs checkpoint= (no shipped prior fits)", needs_smaps=True, kind="diffusion")
+                 "consistency drift (Cui et al. TMI 2024); a VP image prior (default brain128-vp) lifted to "
+                 "coil space, or a per-coil VE score prior", needs_smaps=True, kind="diffusion")
 def _spirit_diffusion(kspace, mask, smaps, opts, generator):
+    """VP checkpoints are priors of coil-combined images rho = S^H x: their eps gives the VE score of rho
+    (`ve_score_from_vp`) and `coil_score_from_image_prior` lifts it to coil space (1 network call per
+    score); VE "score" checkpoints are per-coil networks (C calls per score, the paper's set-up)."""
     from medrecon.physics.spirit import LAM_SPIRIT_DIFFUSION, spirit_calibrate
+    from medrecon.posterior.spirit_diffusion import coil_score_from_image_prior, ve_score_from_vp
     from medrecon.reconstruct import acs_width
 
     if smaps is None:
         raise ValueError("method 'spirit-diffusion' needs coil sensitivities (smaps)")
-    model, _ = load_score_prior(opts.checkpoint, kspace.device, "spirit-diffusion")
+    path = _checkpoint_dir(opts.checkpoint, "spirit-diffusion", VP_PRIOR)
+    vp = _is_vp_checkpoint(path)
     acs = acs_width(mask)
     if acs < opts.kernel_width:
         raise ValueError(f"method 'spirit-diffusion': the SPIRiT kernel ({opts.kernel_width}x{opts.kernel_width}) is "
@@ -428,11 +439,41 @@ def _spirit_diffusion(kspace, mask, smaps, opts, generator):
         scale = rss(ifft2c(kspace)).flatten(-2).amax(-1).clamp_min(torch.finfo(torch.float32).tiny)
     y = kspace / scale[..., None, None, None]
     kernel = spirit_calibrate(y, calib_width=calib, kernel_width=opts.kernel_width, lam=LAM_SPIRIT_DIFFUSION)
-    sched = model.schedule
+    model, _ = load_spirit_prior(str(path), kspace.device)
+    if vp:
+        if model.in_channels != 2:
+            raise ValueError(f"method 'spirit-diffusion': checkpoint {opts.checkpoint!r} has {model.in_channels} "
+                             f"input channel(s); a complex-image (2-channel) prior is required")
+        smaps = smaps.to(device=kspace.device, dtype=kspace.dtype)
+        score = coil_score_from_image_prior(ve_score_from_vp(_eps(model, support=_support(smaps, opts)),
+                                                             model.schedule), smaps)
+        edm = model.schedule.edm_sigma(torch.tensor([0.0, model.schedule.num_train_timesteps - 1.0]))
+        lo, hi, per = float(edm[0]), float(edm[1]), 1
+    else:
+        score, per = _score(model), None
+        lo, hi = float(model.schedule.sigma_min), float(model.schedule.sigma_max)
     g = generator if generator is not None else torch.Generator(device=kspace.device).manual_seed(0)
-    x, nfe = spirit_diffusion(_score(model), mask, y, kernel, smaps, opts.steps, g,
-                              sigma_min=opts.sigma_min or float(sched.sigma_min),
-                              sigma_max=opts.sigma_max or float(sched.sigma_max), eta=opts.eta, snr=opts.snr,
-                              mse=opts.mse, corrector_mse=opts.corrector_mse, n_corrector=opts.n_corrector,
-                              dc=opts.dc)
+    x, nfe = spirit_diffusion(score, mask, y, kernel, smaps, opts.steps, g,
+                              sigma_min=opts.sigma_min or lo, sigma_max=opts.sigma_max or hi, eta=opts.eta,
+                              snr=opts.snr, mse=opts.mse, corrector_mse=opts.corrector_mse,
+                              n_corrector=opts.n_corrector, dc=opts.dc, nfe_per_score=per,
+                              noise_in_range=vp)
     return x * scale[..., None, None], nfe
+
+
+def load_spirit_prior(checkpoint: str, device: torch.device, method: str = "spirit-diffusion"):
+    """SPIRiT-Diffusion's prior: ``(model, betas)`` of a VP image prior (``load_prior``) or ``(model,
+    extra)`` of a per-coil VE score prior (``load_score_prior``), by the checkpoint's schedule."""
+    path = _checkpoint_dir(checkpoint, method, VP_PRIOR)
+    if _is_vp_checkpoint(path):
+        return load_prior(str(path), device, method)
+    return load_score_prior(str(path), device, method)
+
+
+def _is_vp_checkpoint(path: Path) -> bool:
+    """Whether the checkpoint directory holds a VP (discrete betas) model, from its config.json alone."""
+    from medrecon.models.checkpoint import read_config_json
+
+    cfg = read_config_json(path)
+    schedule = cfg.get("schedule") if isinstance(cfg, dict) else None
+    return isinstance(schedule, dict) and schedule.get("type") == "vp"

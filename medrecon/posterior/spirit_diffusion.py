@@ -9,7 +9,10 @@ With the calibrated SPIRiT kernel G (``medrecon.physics.spirit.SpiritOperator``:
 coil-mixing matrix in the image domain) and Psi = (G - I)^H (G - I) (``SpiritOperator.normal``,
 the gradient of 1/2 ||(G - I) x||^2; the repo's ``utils.Psi`` = F^-1 (I - G - G^H + G^H G) F):
 
-- start: x_T = sigma_max z (full coil space, the repo's ``prior_sampling``);
+- start: x_T = sigma_max z (full coil space, the repo's ``prior_sampling``; ``noise_in_range=True``:
+  sigma_max P z, the forward process's own noise, and the corrector's noise P-projected too -- needed
+  for a score lifted from an image prior (`coil_score_from_image_prior`), which only acts in the range
+  of S and could not remove noise outside it, noise that the per-coil data consistency mixes back in);
 - Langevin corrector (``langevin``, alpha = 1 for the VE schedule): x <- x + e (s - g_c) + sqrt(2 e) z,
   e = 2 (snr ||z|| / ||s||)^2, unprojected noise as in the repo;
 - reverse-diffusion predictor (``reverse_diffusion``, the repo's SPIRiT default):
@@ -40,7 +43,9 @@ written (= P for normalised maps), a zero score or gradient gives no move instea
 
 ``score_fn(x, sigma)``: the score of the per-coil prior at noise level ``sigma`` (a 0-d tensor on x's
 device) for coil images ``x [..., C, H, W]`` (a per-coil network: reshape the coils into the batch).
-NFE counts network evaluations per image: steps * (n_corrector + 1) * C (as ``score_mri_ssos``).
+NFE counts network evaluations per image: steps * (n_corrector + 1) * ``nfe_per_score``, which is C
+for a per-coil network (the default, as ``score_mri_ssos``) and 1 for a prior on coil-combined images
+lifted to coil space by `coil_score_from_image_prior`.
 """
 from __future__ import annotations
 
@@ -52,7 +57,7 @@ from medrecon.physics.coils import rss
 from medrecon.physics.mri import SingleCoilMRI, check_mask
 from medrecon.physics.spirit import SpiritOperator
 
-__all__ = ["spirit_diffusion", "spirit_drift", "coil_projector"]
+__all__ = ["spirit_diffusion", "spirit_drift", "coil_projector", "coil_score_from_image_prior", "ve_score_from_vp"]
 
 _MAX_STEPS = 100_000
 DC_MODES = ("hard", "gradient")
@@ -75,6 +80,39 @@ def coil_projector(smaps: torch.Tensor):
     def P(v: torch.Tensor) -> torch.Tensor:
         return smaps * (sc * v).sum(-3, keepdim=True)
     return P
+
+
+def coil_score_from_image_prior(score_fn, smaps: torch.Tensor):
+    """Coil-space score ``s(x) = S s_rho(S^H x, sigma)`` from the score ``score_fn(rho, sigma)`` of a
+    prior on coil-combined images rho [..., H, W] (normalised maps, S^H S = 1 on their support).
+
+    Exact for the forward perturbation of SPIRiT-Diffusion, x_t = S rho + sigma P z with P = S S^H:
+    then S^H x_t = rho + sigma S^H z with S^H z ~ CN(0, 1) per pixel, so the VE marginal of rho gives
+    the coil-space score in the range of S; the paper's loss || sigma S^H s + S^H z ||^2 identifies
+    nothing else (the orthogonal part is dropped by the P-projected predictor and the S^H combination).
+    One network call per slice instead of one per coil."""
+    sc = smaps.conj()
+
+    def coil_score(x: torch.Tensor, sigma) -> torch.Tensor:
+        return smaps * score_fn((sc * x).sum(-3), sigma).unsqueeze(-3)
+    return coil_score
+
+
+def ve_score_from_vp(eps_fn, schedule):
+    """``score_fn(rho, sigma)`` at VE noise level sigma from a VP noise predictor ``eps_fn(x, t)`` on the
+    discrete ``schedule`` (`medrecon.models.schedules.VPSchedule`), as k-diffusion's
+    ``DiscreteEpsDDPMDenoiser``: rho + sigma z = x_t / sqrt(abar) with sigma^2 = (1 - abar) / abar, so
+
+        score(rho, sigma) = -eps(rho / sqrt(1 + sigma^2), t(sigma)) / sigma,
+
+    with t(sigma) interpolated in log sigma on sigma's device (`VPSchedule.sigma_to_t`; no host sync)."""
+    def score_fn(rho: torch.Tensor, sigma) -> torch.Tensor:
+        sig = torch.as_tensor(sigma, device=rho.device)
+        t = schedule.sigma_to_t(sig).to(torch.float32)
+        s = sig.to(rho.real.dtype)
+        with torch.no_grad():
+            return -eps_fn(rho / torch.sqrt(1 + s * s), t) / s
+    return score_fn
 
 
 def spirit_drift(x: torch.Tensor, spirit: SpiritOperator, eta: float = 0.45) -> torch.Tensor:
@@ -120,7 +158,8 @@ def spirit_diffusion(score_fn, mask: torch.Tensor, y: torch.Tensor, spirit, smap
                      steps: int = 1000, generator: torch.Generator | None = None, *,
                      sigma_min: float = 0.01, sigma_max: float = 348.0, eta: float = 0.45, snr: float = 0.7,
                      mse: float = 0.2, corrector_mse: float = 0.2, n_corrector: int = 1, dc: str = "hard",
-                     eps: float = 1e-5, combine: str = "sense",
+                     eps: float = 1e-5, combine: str = "sense", nfe_per_score: int | None = None,
+                     noise_in_range: bool = False,
                      x_T: torch.Tensor | None = None) -> tuple[torch.Tensor, int]:
     """SPIRiT-Diffusion sample(s) from coil k-space ``y [..., C, H, W]`` (zeros off ``mask``, a
     Cartesian mask ``[..., 1, W]`` or ``[..., H, W]``): ``(image, nfe)`` (module docstring).
@@ -153,7 +192,8 @@ def spirit_diffusion(score_fn, mask: torch.Tensor, y: torch.Tensor, spirit, smap
     prev = torch.where(idx > 0, disc[(idx - 1).clamp_min(0)], torch.zeros_like(disc[idx]))
     g2 = (disc[idx] ** 2 - prev ** 2).tolist()
 
-    x = sigma_max * randn() if x_T is None else x_T.to(device=y.device, dtype=y.dtype)
+    Pn = P if noise_in_range else (lambda v: v)
+    x = sigma_max * Pn(randn()) if x_T is None else x_T.to(device=y.device, dtype=y.dtype)
     if hard:
         x = op.project(x, y)
     x_mean = x
@@ -164,7 +204,7 @@ def spirit_diffusion(score_fn, mask: torch.Tensor, y: torch.Tensor, spirit, smap
             ns = _norm(s)
             step = torch.where(ns > 0, 2 * (snr * _norm(z) / ns.clamp_min(1e-30)) ** 2, 0.0)
             drift = s if hard else s - _rescaled(op.normal(x) - aty, ns, corrector_mse)
-            x = x + step * drift + (2 * step).sqrt() * z
+            x = x + step * drift + (2 * step).sqrt() * Pn(z)
             if hard:
                 x = op.project(x, y)
         s = score_fn(x, sig_cont[i])
@@ -174,7 +214,7 @@ def spirit_diffusion(score_fn, mask: torch.Tensor, y: torch.Tensor, spirit, smap
         if hard:
             x = op.project(x, y)
     out = op.project(x_mean, y) if hard else x_mean
-    nfe = n * (n_corrector + 1) * y.shape[-3]
+    nfe = n * (n_corrector + 1) * (y.shape[-3] if nfe_per_score is None else int(nfe_per_score))
     if combine == "coils":
         return out, nfe
     if combine == "rss":

@@ -47,10 +47,9 @@ def test_methods_default_to_the_builtin_priors(tmp_path):
     from medrecon.posterior import methods as pm
     from medrecon.registry import get_method
 
-    for name in ("dds", "ddnm", "diffpir", "dps", "ccdf", "score-mri"):
+    for name in ("dds", "ddnm", "diffpir", "dps", "ccdf", "score-mri", "spirit-diffusion"):
         assert get_method(name).options().checkpoint == "brain128-vp"
     assert get_method("hfs-sde").options().checkpoint == "brain128-hfs"
-    assert get_method("spirit-diffusion").options().checkpoint == ""
     model, betas = pm.load_prior("", torch.device("cpu"), "dds")
     assert pm.load_prior("brain128-vp", torch.device("cpu"), "dds")[0] is model and len(betas) == 1000
     model, extra = pm.load_score_prior("", torch.device("cpu"), "hfs-sde", pm.HFS_PRIOR)
@@ -61,6 +60,8 @@ def test_methods_default_to_the_builtin_priors(tmp_path):
         pm.load_score_prior("", torch.device("cpu"), "spirit-diffusion")
     with pytest.raises(ValueError, match="VE 'score' prior"):
         pm.load_score_prior("brain128-vp", torch.device("cpu"), "spirit-diffusion")
+    assert pm.load_spirit_prior("", torch.device("cpu"))[0] is pm.load_prior("", torch.device("cpu"), "dds")[0]
+    assert pm.load_spirit_prior("brain128-hfs", torch.device("cpu"))[0].prediction_type == "score"
 
 
 def test_dds_on_the_shipped_prior_beats_zero_filled(tmp_path):

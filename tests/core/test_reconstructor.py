@@ -51,8 +51,9 @@ def test_errors_at_construction():
         Reconstructor("nope")
     with pytest.raises(ValueError, match="valid options"):
         Reconstructor("cg-sense", iters=3)
-    with pytest.raises(ValueError, match="checkpoint="):  # no shipped prior fits it
-        Reconstructor("spirit-diffusion", device="cpu")
+    with pytest.raises(ValueError, match="nor a builtin prior"):
+        Reconstructor("spirit-diffusion", device="cpu", checkpoint="no/such/dir")
+    assert Reconstructor("spirit-diffusion", device="cpu").checkpoint == "brain128-vp"  # the lifted VP prior
 
 
 def test_checkpoint_loaded_once(tmp_path, monkeypatch):
