@@ -32,7 +32,8 @@ Goals printed (never adjusted): (1) per mask, the best sampler at <= 50 NFE with
 of the best slow (> 50 NFE) diffusion sampler; (2) at 8x, every diffusion row above both
 CG-SENSE and L1-wavelet.  ``--out`` receives ``bench_recon.md``, ``bench_recon.json`` (rewritten
 after every row, so a cut run keeps what finished), ``bench_recon_psnr_nfe.png`` and
-``bench_recon_images.png``.
+``bench_recon_images.png``.  ``--merge A.json B.json --out DIR`` runs nothing and reports the union of
+runs on the same slices (`medrecon.bench_recon_merge`: e.g. the slow samplers run as a separate process).
 """
 from __future__ import annotations
 
@@ -510,6 +511,9 @@ def add_arguments(p) -> None:
     p.add_argument("--device", default=None, help="torch device (default cpu)")
     p.add_argument("--threads", type=int, default=None, help="torch CPU threads")
     p.add_argument("--json", action="store_true", help="print JSON rows instead of the table")
+    p.add_argument("--merge", nargs="+", default=None, metavar="JSON",
+                   help="run nothing: merge the bench_recon.json of runs on the same slices into one table, goal "
+                   "check and PSNR-vs-NFE figure (with --out)")
 
 
 def _quick_defaults(args) -> None:
@@ -530,6 +534,10 @@ def main(args=None) -> int:
         parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
         add_arguments(parser)
         args = parser.parse_args(args)
+    if getattr(args, "merge", None):
+        from medrecon.bench_recon_merge import main_merge
+
+        return main_merge(args.merge, args.out, args.overwrite)
     if args.quick:
         _quick_defaults(args)
     if args.threads:

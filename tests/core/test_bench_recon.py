@@ -192,3 +192,31 @@ def test_plan_and_bad_inputs():
     cols = np.nonzero(mask[0].numpy())[0]
     outer = cols[(cols < 52) | (cols >= 76)]
     assert acs_width(mask) == 24 and len(outer) >= 10 and (np.diff(outer) % 10 == 0).all()  # every 10th + ACS
+
+
+def test_merge_pairs_runs_on_the_same_slices(tmp_path):
+    """`--merge`: the goals see the rows of both runs (the slow reference from one, the fast grid from
+    the other); runs on other slices and a row present twice are refused; outputs are not replaced."""
+    meta = {"command": "c", "description": "d", "masks": {}, "slices": [1000, 1001], "threads": 1}
+    fast = [_row("8x-equispaced", "cg-sense", 0, 25.0, "classical"), _row("8x-equispaced", "l1-wavelet", 0, 26.0, "classical"),
+            _row("8x-equispaced", "ccdf", 50, 29.7)]
+    slow = [_row("8x-equispaced", "score-mri", 2000, 30.0)]
+    for name, rows, m in (("a", fast, meta), ("b", slow, meta), ("c", slow, {**meta, "slices": [1000]})):
+        (tmp_path / name).mkdir()
+        br.write_results(tmp_path / name, rows, m)
+    assert br.main(_args(["--merge", str(tmp_path / "a"), str(tmp_path / "b" / "bench_recon.json"),
+                          "--out", str(tmp_path / "m")])) == 0
+    merged = json.loads((tmp_path / "m" / "bench_recon.json").read_text())
+    assert [r["method"] for r in merged["rows"]] == ["cg-sense", "l1-wavelet", "ccdf", "score-mri"]
+    g = {x["goal"]: x for x in merged["goals"]}
+    assert g["fast-vs-slow"]["met"] is True and "+0.30 dB" in g["fast-vs-slow"]["text"]
+    assert g["above-classical-8x"]["met"] is True
+    assert (tmp_path / "m" / "bench_recon_psnr_nfe.png").stat().st_size > 0
+    with pytest.raises(FileExistsError, match="--overwrite"):
+        br.main(_args(["--merge", str(tmp_path / "a"), str(tmp_path / "b"), "--out", str(tmp_path / "m")]))
+    with pytest.raises(ValueError, match="same test slices"):
+        br.main(_args(["--merge", str(tmp_path / "a"), str(tmp_path / "c")]))
+    with pytest.raises(ValueError, match="in both"):
+        br.main(_args(["--merge", str(tmp_path / "b"), str(tmp_path / "b")]))
+    with pytest.raises(FileNotFoundError, match="does not exist"):
+        br.main(_args(["--merge", str(tmp_path / "a"), str(tmp_path / "nope")]))
