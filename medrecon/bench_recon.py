@@ -386,96 +386,6 @@ def write_results(folder: Path, rows: list[Row], meta: dict) -> None:
     _atomic(folder / "bench_recon.json", lambda p: Path(p).write_text(payload))
 
 
-def _pyplot():
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    return plt
-
-
-def write_figures(folder: Path, rows: list[Row], images: dict, target: np.ndarray) -> None:
-    """`plot_psnr_nfe` and `plot_images`."""
-    plot_psnr_nfe(folder, rows)
-    plot_images(folder, rows, images, target)
-
-
-def plot_psnr_nfe(folder: Path, rows: list[Row]) -> None:
-    """``bench_recon_psnr_nfe.png``: PSNR vs NFE per mask (classical methods as horizontal lines)."""
-    plt = _pyplot()
-    ok = [r for r in rows if r.status == "ok"]
-    masks = list(dict.fromkeys(r.mask for r in ok))
-    if not masks:
-        return
-    fig, axes = plt.subplots(1, len(masks), figsize=(5.2 * len(masks), 4.6), squeeze=False)
-    for ax, mask in zip(axes[0], masks):
-        rs = [r for r in ok if r.mask == mask]
-        for r in rs:
-            if r.kind == "classical":
-                ax.axhline(r.psnr, ls="--", lw=1, color="gray")
-                ax.text(0.01, r.psnr, r.method, fontsize=6, va="bottom", color="gray",
-                        transform=ax.get_yaxis_transform())
-        diff = [r for r in rs if r.kind != "classical"]
-        colors = plt.get_cmap("tab20").colors
-        for j, (meth, solver, dc) in enumerate(dict.fromkeys((r.method, r.solver, r.deepcache) for r in diff)):
-            pts = sorted((r.nfe, r.psnr) for r in diff if (r.method, r.solver, r.deepcache) == (meth, solver, dc))
-            ax.plot(*zip(*pts), marker="os^vDP*X"[j % 8], ms=3, lw=1, ls=":" if dc > 1 else "-",
-                    color=colors[j % 20], label=f"{meth} {solver}".strip() + (f" DC{dc}" if dc > 1 else ""))
-        ax.axvline(FAST_NFE, color="k", lw=0.5)
-        ax.set_xscale("log")
-        nfes = [r.nfe for r in diff if r.nfe] or [1]
-        ticks = [t for t in (1, 2, 5, 10, 20, 50, 100, 200, 500, 1000, 2000, 5000, 10000)
-                 if min(nfes) / 2 <= t <= max(nfes) * 2]
-        ax.set_xticks(ticks, [str(t) for t in ticks])
-        ax.minorticks_off()
-        ax.set_xlabel("NFE per slice")
-        ax.set_ylabel("PSNR (dB)")
-        ax.set_title(mask, fontsize=9)
-        if diff:
-            ax.legend(fontsize=5, ncol=2)
-    fig.tight_layout()
-    _atomic(folder / "bench_recon_psnr_nfe.png", lambda p: fig.savefig(p, format="png", dpi=110))
-    plt.close(fig)
-
-
-def plot_images(folder: Path, rows: list[Row], images: dict, target: np.ndarray) -> None:
-    """``bench_recon_images.png``: per mask, the first slice of the best row of each method (``images``:
-    row index -> magnitude) and its error map against ``target``."""
-    plt = _pyplot()
-    ok = [r for r in rows if r.status == "ok"]
-    masks = list(dict.fromkeys(r.mask for r in ok))
-    if not masks:
-        return
-    index = {id(r): i for i, r in enumerate(rows)}
-    vmax = float(target.max())
-    cols = {}
-    for mask in masks:
-        rs = [r for r in ok if r.mask == mask and index[id(r)] in images]
-        best: dict[str, Row] = {}
-        for r in rs:
-            if r.method not in best or r.psnr > best[r.method].psnr:
-                best[r.method] = r
-        cols[mask] = list(best.values())
-    n = 1 + max(len(c) for c in cols.values())
-    fig, axes = plt.subplots(2 * len(masks), n, figsize=(1.9 * n, 3.9 * len(masks)), squeeze=False)
-    for i, mask in enumerate(masks):
-        top, bottom = axes[2 * i], axes[2 * i + 1]
-        top[0].imshow(target, cmap="gray", vmin=0, vmax=vmax)
-        top[0].set_title(f"reference\n{mask}", fontsize=7)
-        for j, r in enumerate(cols[mask], 1):
-            img = images[index[id(r)]]
-            top[j].imshow(img, cmap="gray", vmin=0, vmax=vmax)
-            top[j].set_title(f"{_label(r)}\n{r.nfe} NFE, {r.psnr:.1f} dB", fontsize=6)
-            bottom[j].imshow(np.abs(img - target), cmap="inferno", vmin=0, vmax=0.2 * vmax)
-            bottom[j].set_title("|error| (0-20% of max)", fontsize=6)
-        for ax in (*top, *bottom):
-            ax.axis("off")
-    fig.tight_layout()
-    _atomic(folder / "bench_recon_images.png", lambda p: fig.savefig(p, format="png", dpi=80))
-    plt.close(fig)
-
-
 # ------------------------------------------------------------------------------------ CLI
 QUICK = {"slices": 1, "masks": "8x-equispaced,10x-uniform-acs24", "nfe": "10", "solvers": "ddim,dpm-solver++",
          "deepcache": "1,2", "score_steps": "10", "hfs_steps": "10", "spirit_steps": "10", "dps_steps": "10"}
@@ -606,6 +516,8 @@ def main(args=None) -> int:
 
     rows, images = run_rows(entries, masks, data, args.sample_seed, args.device, on_row)
     if folder is not None:
+        from medrecon.bench_recon_plots import write_figures
+
         write_figures(folder, rows, images, data[0]["target"].numpy())
     if not args.json:
         print(format_table(rows))

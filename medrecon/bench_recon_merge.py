@@ -14,7 +14,8 @@ import dataclasses
 import json
 from pathlib import Path
 
-from medrecon.bench_recon import Row, _label, check_goals, plot_psnr_nfe, write_results
+from medrecon.bench_recon import Row, _label, check_goals, write_results
+from medrecon.bench_recon_plots import plot_psnr_nfe
 
 __all__ = ["load_rows", "merge_runs", "main_merge"]
 
