@@ -435,8 +435,9 @@ def _spirit_diffusion(kspace, mask, smaps, opts, generator):
     H = kspace.shape[-2]
     calib = (min(H, 48), min(acs, 24)) if mask.shape[-2] == 1 else min(acs, 24)
     scale = torch.ones(kspace.shape[:-3], device=kspace.device)
-    if opts.normalize:
-        scale = rss(ifft2c(kspace)).flatten(-2).amax(-1).clamp_min(torch.finfo(torch.float32).tiny)
+    if opts.normalize:  # a VP image prior: its training scale, max |A^H y| as the VP methods; else max RSS
+        zf = MultiCoilMRI(smaps, mask).adjoint(kspace).abs() if vp else rss(ifft2c(kspace))
+        scale = zf.flatten(-2).amax(-1).clamp_min(torch.finfo(torch.float32).tiny)
     y = kspace / scale[..., None, None, None]
     kernel = spirit_calibrate(y, calib_width=calib, kernel_width=opts.kernel_width, lam=LAM_SPIRIT_DIFFUSION)
     model, _ = load_spirit_prior(str(path), kspace.device)
