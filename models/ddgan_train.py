@@ -52,24 +52,25 @@ def ddgan_step(G, D, opt_g, opt_d, x0: torch.Tensor, g: torch.Generator, *, r1_g
 
     D.requires_grad_(True)
     ld, rec = d_loss(D, x_prev, fake_prev, x_k, k, r1_gamma if do_r1 else 0.0)
-    opt_d.zero_grad(set_to_none=True)
-    ld.backward()
-    if grad_clip:
-        torch.nn.utils.clip_grad_norm_(D.parameters(), grad_clip)
-    opt_d.step()
+    _descend(opt_d, ld, D, grad_clip)
 
     D.requires_grad_(False)
     lg = g_loss(D, fake_prev, x_k, k)
     diff = x0_fake - x0
     l1 = (torch.view_as_real(diff) if diff.is_complex() else diff).abs().mean()
     loss = lg + lambda_rec * l1 if lambda_rec else lg
-    opt_g.zero_grad(set_to_none=True)
-    loss.backward()
-    if grad_clip:
-        torch.nn.utils.clip_grad_norm_(G.parameters(), grad_clip)
-    opt_g.step()
+    _descend(opt_g, loss, G, grad_clip)
     D.requires_grad_(True)
     return {**rec, "d_loss": float(ld.detach()), "g_adv": float(lg.detach()), "l1_x0": float(l1.detach())}
+
+
+def _descend(opt: torch.optim.Optimizer, loss: torch.Tensor, module: torch.nn.Module, grad_clip: float) -> None:
+    """One optimiser step on ``loss`` (gradients of ``module`` clipped to ``grad_clip`` when set)."""
+    opt.zero_grad(set_to_none=True)
+    loss.backward()
+    if grad_clip:
+        torch.nn.utils.clip_grad_norm_(module.parameters(), grad_clip)
+    opt.step()
 
 
 def train_ddgan(

@@ -426,8 +426,8 @@ def _spirit_diffusion(kspace, mask, smaps, opts, generator):
 
     if smaps is None:
         raise ValueError("method 'spirit-diffusion' needs coil sensitivities (smaps)")
-    path = _checkpoint_dir(opts.checkpoint, "spirit-diffusion", VP_PRIOR)
-    vp = _is_vp_checkpoint(path)
+    model, _ = load_spirit_prior(opts.checkpoint, kspace.device)
+    vp = getattr(model.schedule, "betas", None) is not None  # a VP image prior (else per-coil VE scores)
     acs = acs_width(mask)
     if acs < opts.kernel_width:
         raise ValueError(f"method 'spirit-diffusion': the SPIRiT kernel ({opts.kernel_width}x{opts.kernel_width}) is "
@@ -440,7 +440,6 @@ def _spirit_diffusion(kspace, mask, smaps, opts, generator):
         scale = zf.flatten(-2).amax(-1).clamp_min(torch.finfo(torch.float32).tiny)
     y = kspace / scale[..., None, None, None]
     kernel = spirit_calibrate(y, calib_width=calib, kernel_width=opts.kernel_width, lam=LAM_SPIRIT_DIFFUSION)
-    model, _ = load_spirit_prior(str(path), kspace.device)
     if vp:
         if model.in_channels != 2:
             raise ValueError(f"method 'spirit-diffusion': checkpoint {opts.checkpoint!r} has {model.in_channels} "

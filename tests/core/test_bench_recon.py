@@ -19,12 +19,7 @@ SIZE = 32
 MASKS = "equispaced_fraction:2:0.25,equispaced:4:0.25"
 
 
-@pytest.fixture(autouse=True, scope="module")
-def one_thread():
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
+pytestmark = pytest.mark.usefixtures("one_thread")  # tests/conftest.py
 
 
 def _checkpoint(path, objective: str, hfs: HFSSDE | None = None) -> str:

@@ -61,13 +61,7 @@ REL_FLOOR = 3 * math.sqrt(LAM_FREE.sum() / N) / Y1.norm().item()
 SIGMA = 1 / math.sqrt(len(LAM_FREE) * (N - 1))
 
 
-@pytest.fixture(autouse=True, scope="module")
-def one_thread():
-    """Tiny tensors: intra-op threads only add overhead (see tests/core/test_posterior.py)."""
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
+pytestmark = pytest.mark.usefixtures("one_thread")  # tests/conftest.py
 
 
 def gen(seed):

@@ -53,14 +53,7 @@ LAM_FREE = PR.lam[FREE].numpy()
 REL_FLOOR = 3 * math.sqrt(LAM_FREE.sum() / N) / Y1.norm().item()
 
 
-@pytest.fixture(autouse=True, scope="module")
-def one_thread():
-    """Tensors here are [1000, 8, 8]: intra-op threads only add overhead, and on a loaded machine
-    OpenMP's thread handoff makes each op ~40x slower (measured), so run single-threaded."""
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
+pytestmark = pytest.mark.usefixtures("one_thread")  # tests/conftest.py
 
 
 def gen(seed):

@@ -24,12 +24,7 @@ N = 1000
 UNIFORM = torch.ones(C, H, W, dtype=torch.complex64) / math.sqrt(C)
 
 
-@pytest.fixture(autouse=True, scope="module")
-def one_thread():
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
+pytestmark = pytest.mark.usefixtures("one_thread")  # tests/conftest.py
 
 
 def _smooth_maps():
