@@ -46,6 +46,11 @@ def register(subparsers) -> None:
     p.add_argument("--device", default=None, help="torch device (default: cuda with GPUs)")
     p.add_argument("--batch-size", type=int, default=1, help="slices per call")
     p.add_argument("--overwrite", action="store_true", help="redo and replace every output")
+    p.add_argument("--keep-phi", action="store_true",
+                   help="DICOM outputs keep the input's patient and study identity (default: "
+                   "de-identified, DICOM PS3.15 basic profile)")
+    p.add_argument("--allow-irregular-spacing", action="store_true",
+                   help="accept DICOM series whose slice spacing is not uniform")
     p.add_argument("--json", action="store_true", help="print the summary as one JSON object")
     p.add_argument("--quiet", action="store_true", help="no line per volume")
     p.set_defaults(func=run)
@@ -63,7 +68,10 @@ def _line(res) -> str:
 
 def run(args) -> int:
     from medrecon.batch import run_batch
+    from medrecon.cli.recon import check_device
     from medrecon.pipeline import MaskSpec
+
+    check_device(args.device)  # exit 2 before any work
 
     acc = int(args.acceleration) if float(args.acceleration).is_integer() else args.acceleration
     mask = MaskSpec(args.mask, acc, args.center_fraction, args.seed)
@@ -74,6 +82,7 @@ def run(args) -> int:
         device=args.device, seed=args.sample_seed, batch_size=args.batch_size,
         address=args.address, num_cpus=args.num_cpus, num_gpus=args.num_gpus,
         local_cpus=args.local_cpus, max_retries=args.max_retries, plugins=args.plugin,
+        keep_phi=args.keep_phi, allow_irregular_spacing=args.allow_irregular_spacing,
         on_result=(lambda r: print(_line(r), flush=True)) if verbose else None)
     if args.json:
         print(json.dumps(summary.to_dict()), flush=True)

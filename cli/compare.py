@@ -90,20 +90,48 @@ def _row(rec: dict) -> dict:
             "nfe": rec["nfe"]}
 
 
-def write_tables(folder: Path, rows: list[dict], records: list[dict], meta: dict) -> None:
-    with open(folder / "results.csv", "w", newline="") as fh:
-        w = csv.DictWriter(fh, fieldnames=COLUMNS)
-        w.writeheader()
-        w.writerows(rows)
-    (folder / "results.json").write_text(json.dumps({**meta, "results": records}, indent=2))
+def _publish(dest: Path, write, overwrite: bool) -> None:
+    """``write(tmp)`` then publish to ``dest`` (`medrecon.datasets.publish`: no-clobber unless
+    ``overwrite``; the temp is removed on error)."""
+    from medrecon.datasets.publish import publish, temp_path
+
+    tmp = temp_path(dest)
+    try:
+        write(tmp)
+    except BaseException:
+        tmp.unlink(missing_ok=True)
+        raise
+    publish(tmp, dest, overwrite)
+
+
+def write_tables(folder: Path, rows: list[dict], records: list[dict], meta: dict,
+                 overwrite: bool = True) -> None:
+    """``results.csv`` and ``results.json``; files written name the input by its file name."""
+    from medrecon.datasets.publish import printable
+
+    def table(tmp):
+        with open(tmp, "w", newline="") as fh:
+            w = csv.DictWriter(fh, fieldnames=COLUMNS)
+            w.writeheader()
+            w.writerows(rows)
+
+    named = [{**r, "file": printable(Path(r["file"]).name)} if r.get("file") else r
+             for r in records]
+    meta = {**meta, "file": printable(Path(meta["file"]).name)} if meta.get("file") else meta
+    text = json.dumps({**meta, "results": named}, indent=2)
+    _publish(folder / "results.csv", table, overwrite)
+    _publish(folder / "results.json", lambda tmp: tmp.write_text(text), overwrite)
 
 
 def _print_table(rows: list[dict]) -> None:
+    from medrecon.metrics import fmt_metric
+
     print(f"{'method':<14} {'R':>5} {'PSNR dB':>8} {'SSIM':>7} {'NMSE':>8} {'seconds':>8} "
           f"{'NFE':>5}")
     for r in rows:
-        print(f"{r['method']:<14} {r['acceleration']:>5} {r['psnr']:8.2f} {r['ssim']:7.4f} "
-              f"{r['nmse']:8.4f} {r['seconds']:8.2f} {r['nfe']:>5}")
+        print(f"{r['method']:<14} {r['acceleration']:>5} {fmt_metric(r['psnr'], '.2f', 8)} "
+              f"{fmt_metric(r['ssim'], '.4f', 7)} {fmt_metric(r['nmse'], '.4f', 8)} "
+              f"{r['seconds']:8.2f} {r['nfe']:>5}")
 
 
 def reference_slice(path, index: int):
@@ -118,7 +146,8 @@ def reference_slice(path, index: int):
         return center_crop(rss(ifft2c(k)), f.recon_size).numpy()
 
 
-def write_figures(folder: Path, rows: list[dict], images: dict, ref) -> list[Path]:
+def write_figures(folder: Path, rows: list[dict], images: dict, ref,
+                  overwrite: bool = True) -> list[Path]:
     """``images.png`` (reconstructions + error maps per R) and ``metrics.png``."""
     import matplotlib
 
@@ -145,7 +174,8 @@ def write_figures(folder: Path, rows: list[dict], images: dict, ref) -> list[Pat
         for ax in (*top, *bottom):
             ax.axis("off")
     fig.tight_layout()
-    fig.savefig(folder / "images.png", dpi=100)
+    _publish(folder / "images.png", lambda tmp: fig.savefig(tmp, dpi=100, format="png"),
+             overwrite)
     plt.close(fig)
     fig, axes = plt.subplots(1, 3, figsize=(11, 3.2))
     for ax, key in zip(axes, ("psnr", "ssim", "nmse")):
@@ -157,7 +187,8 @@ def write_figures(folder: Path, rows: list[dict], images: dict, ref) -> list[Pat
         ax.set_title(key.upper())
     axes[0].legend(fontsize=8)
     fig.tight_layout()
-    fig.savefig(folder / "metrics.png", dpi=100)
+    _publish(folder / "metrics.png", lambda tmp: fig.savefig(tmp, dpi=100, format="png"),
+             overwrite)
     plt.close(fig)
     return [folder / "images.png", folder / "metrics.png"]
 
@@ -182,9 +213,18 @@ def run(args) -> int:
         rows_sel = parse_slices(args.slices, f.num_slices)
     folder = Path(args.out) if args.out else None
     if folder is not None:
-        if (folder / "results.json").exists() and not args.overwrite:
-            raise FileExistsError(f"{folder / 'results.json'} exists; pass --overwrite")
+        from medrecon.datasets.publish import (probe_writable, refuse_input_overlap,
+                                               remove_stale_temps)
+        outputs = [folder / n for n in ("results.json", "results.csv", "images.png",
+                                        "metrics.png")]
+        refuse_input_overlap([*outputs, folder / "recon"], [args.input])
+        clash = [o for o in outputs if o.exists()]
+        if clash and not args.overwrite:
+            raise FileExistsError(f"{clash[0]} exists; pass --overwrite")
         (folder / "recon").mkdir(parents=True, exist_ok=True)
+        for d in (folder, folder / "recon"):
+            remove_stale_temps(d)
+            probe_writable(d)
     progress = not args.quiet and sys.stderr.isatty()
     rows, records, images, failed = [], [], {}, 0
     middle = len(rows_sel) // 2
@@ -212,7 +252,7 @@ def run(args) -> int:
         meta = {"file": str(args.input), "mask": args.mask, "center_fraction":
                 args.center_fraction, "seed": args.seed, "sample_seed": args.sample_seed,
                 "slices": [rows_sel.start, rows_sel.stop], "middle_slice": rows_sel.start + middle}
-        write_tables(folder, rows, records, meta)
+        write_tables(folder, rows, records, meta, args.overwrite)
         try:
             import matplotlib  # noqa: F401
         except ImportError:
@@ -220,6 +260,6 @@ def run(args) -> int:
                   "(pip install matplotlib)", file=sys.stderr)
         else:
             ref = reference_slice(args.input, rows_sel.start + middle)
-            write_figures(folder, rows, images, ref)
+            write_figures(folder, rows, images, ref, args.overwrite)
         print(f"results in {folder}", file=sys.stderr if args.json else sys.stdout)
     return 1 if failed else 0

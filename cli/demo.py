@@ -34,6 +34,7 @@ def register(subparsers) -> None:
 
 def run(args) -> int:
     from medrecon.datasets.demo import make_demo_file
+    from medrecon.metrics import fmt_metric
     from medrecon.pipeline import MaskSpec, reconstruct_file
     from medrecon.registry import get_method
 
@@ -63,7 +64,8 @@ def run(args) -> int:
             print(f"{'method':<12} {'PSNR dB':>8} {'SSIM':>7} {'NMSE':>8} {'s/slice':>8} {'NFE':>5}")
             for r in rows:
                 m = r["metrics"]
-                print(f"{r['method']:<12} {m['psnr']:8.2f} {m['ssim']:7.4f} {m['nmse']:8.4f} "
+                print(f"{r['method']:<12} {fmt_metric(m['psnr'], '.2f', 8)} "
+                      f"{fmt_metric(m['ssim'], '.4f', 7)} {fmt_metric(m['nmse'], '.4f', 8)} "
                       f"{r['seconds_per_slice']:8.3f} {r.get('nfe', 0):>5}")
             if args.out:
                 print(f"data and reconstructions in {folder}")

@@ -4,7 +4,8 @@
 
 Recognised: fastMRI HDF5 (k-space, header, mask, targets), simulated CT HDF5
 (`medrecon.datasets.simulate_ct` layout), reconstructions written by ``medrecon recon`` (.h5),
-DICOM (a file or a folder holding one series) and NIfTI (.nii/.nii.gz, with its JSON sidecar).
+DICOM (a file or a folder holding one series; non-uniform slice spacing is described in
+``irregular_spacing``, not refused) and NIfTI (.nii/.nii.gz, with its JSON sidecar).
 With ``--json`` one JSON object per file is printed (key ``format``: ``fastmri``, ``ct-sim``,
 ``reconstruction``, ``dicom`` or ``nifti``).  A file that cannot be read is reported on stderr,
 the others are still described, and the exit code is 1.
@@ -13,6 +14,7 @@ from __future__ import annotations
 
 import json
 import sys
+import warnings
 from pathlib import Path
 from typing import Any
 
@@ -27,6 +29,12 @@ def register(subparsers) -> None:
 
 
 def _jsonable(v: Any) -> Any:
+    """JSON-able copy; a non-finite float (an HDF5 attribute of NaN) becomes the string
+    ``"nan"``/``"inf"``/``"-inf"``: strict JSON has no NaN, and the file does hold that value."""
+    if isinstance(v, float) and not np.isfinite(v):
+        return str(v)
+    if isinstance(v, np.floating) and not np.isfinite(v):
+        return str(float(v))
     if isinstance(v, dict):
         return {str(k): _jsonable(x) for k, x in v.items()}
     if isinstance(v, (list, tuple)):
@@ -34,6 +42,8 @@ def _jsonable(v: Any) -> Any:
     if isinstance(v, bytes):
         return v.decode(errors="replace")
     if isinstance(v, np.ndarray):
+        if v.size > 64:  # a large array attribute: its summary, not its values
+            return f"<array {v.dtype} {list(v.shape)}>"
         return _jsonable(v.tolist())
     if isinstance(v, np.generic):
         return v.item()
@@ -125,7 +135,10 @@ def _nifti(path: Path) -> dict[str, Any]:
 def _dicom(path: Path) -> dict[str, Any]:
     from medrecon.datasets.dicom import read_dicom_series
 
-    s = read_dicom_series(path)
+    with warnings.catch_warnings(record=True) as caught:  # describe, do not refuse, a gap
+        warnings.simplefilter("always")
+        s = read_dicom_series(path, allow_irregular_spacing=True)
+    irregular = [str(w.message) for w in caught if "non-uniform slice spacing" in str(w.message)]
     g = s.header.get
     return {"format": "dicom", "modality": s.modality, "series_uid": s.series_uid,
             "series_description": str(g("SeriesDescription", "")),
@@ -133,16 +146,25 @@ def _dicom(path: Path) -> dict[str, Any]:
             "shape": list(s.volume.shape), "pixel_spacing": [float(x) for x in s.pixel_spacing],
             "slice_spacing": float(s.slice_spacing),
             "slice_thickness": None if s.slice_thickness is None else float(s.slice_thickness),
-            "orientation": [float(x) for x in s.orientation], "files": len(s.files)}
+            "orientation": [float(x) for x in s.orientation], "files": len(s.files),
+            "irregular_spacing": irregular[0] if irregular else None}
 
 
 def describe(path) -> dict[str, Any]:
     """A JSON-able description of ``path`` (see the module docstring)."""
-    import h5py
-
     p = Path(path)
     if not p.exists():
         raise FileNotFoundError(f"{p}: no such file or folder")
+    try:
+        info = _describe(p)
+    except (KeyError, TypeError, IndexError, AttributeError, RuntimeError, EOFError) as exc:
+        raise ValueError(f"{p}: corrupt file ({type(exc).__name__}: {exc})") from None
+    return {"file": str(p), **_jsonable(info)}
+
+
+def _describe(p: Path) -> dict[str, Any]:
+    import h5py
+
     if p.is_dir():
         info = _dicom(p)
     elif p.name.endswith((".nii", ".nii.gz")):
@@ -157,14 +179,15 @@ def describe(path) -> dict[str, Any]:
                 raise
             raise ValueError(f"{p}: unknown format (expected fastMRI/CT HDF5, DICOM or NIfTI "
                              ".nii/.nii.gz)") from None
-    return {"file": str(p), **info}
+    return info
 
 
 def _text(info: dict[str, Any]) -> str:
     lines = [f"{info['file']}: {info['format']}"]
     for k, v in info.items():
         if k not in ("file", "format"):
-            lines.append(f"  {k + ':':<22} {v if isinstance(v, str) else json.dumps(v)}")
+            lines.append(f"  {k + ':':<22} "
+                         f"{v if isinstance(v, str) else json.dumps(v, allow_nan=False)}")
     return "\n".join(lines)
 
 
@@ -177,5 +200,5 @@ def run(args) -> int:
             failed += 1
             print(f"medrecon info: error: {exc}", file=sys.stderr)
             continue
-        print(json.dumps(info) if args.json else _text(info), flush=True)
+        print(json.dumps(info, allow_nan=False) if args.json else _text(info), flush=True)
     return 1 if failed else 0

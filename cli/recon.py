@@ -3,7 +3,8 @@
     medrecon recon INPUT [INPUT ...] --method cg-sense [--mask equispaced_fraction
         --acceleration 4 --center-fraction 0.08 --seed 0] [--sample-seed N] [--slices a:b]
         [--steps N --solver S --cache C] [--coils 1] [--out OUT] [--format h5|nifti|dicom]
-        [--overwrite] [--json] [--option key=value ...] [--device cuda --batch-size 8] [--quiet]
+        [--overwrite] [--keep-phi] [--allow-irregular-spacing] [--json]
+        [--option key=value ...] [--device cuda --batch-size 8] [--quiet]
 
 INPUT may be files or folders: a folder of ``*.h5`` / ``*.nii`` / ``*.nii.gz`` files (every one
 inside), else the folder is read as one DICOM series.  A fastMRI file's own ``mask``
@@ -19,6 +20,14 @@ DICOM output of a DICOM input also its patient/study).  ``--seed`` (alias ``--ma
 the retrospective mask; ``--sample-seed`` the diffusion sampler.  ``--steps``/``--solver``/
 ``--cache`` set the method options ``steps``/``solver``/``cache`` (an error for a method without
 that option).  CT inputs or CT methods go to `medrecon.ct.recon.run_cli`.
+
+Inputs are never written: an output that is an input, lies inside an input series folder,
+holds an input, or whose folder is an input folder is a usage error whatever ``--overwrite``
+says.  Outputs are published without clobbering (`medrecon.datasets.publish`: of two runs
+writing one output exactly one wins); ``--overwrite`` replaces only what medrecon writes for
+that output (a DICOM folder series by series; other files stay).  A DICOM output of a DICOM
+input is de-identified unless ``--keep-phi``.  ``--device``, the inputs/outputs overlap and the
+output folders' writability are checked before any reconstruction.
 
 With ``--json`` one JSON object per volume is printed on stdout (schema: `medrecon.pipeline`).
 Progress bars (per volume over slices, per sampling run over network evaluations) go to stderr
@@ -59,7 +68,13 @@ def register(subparsers) -> None:
                    help="output .h5/.nii/.nii.gz (one input) or folder")
     p.add_argument("--format", default=None, choices=OUTPUT_FORMATS,
                    help="output format (default: from the --out extension, else h5)")
-    p.add_argument("--overwrite", action="store_true", help="replace existing outputs")
+    p.add_argument("--overwrite", action="store_true",
+                   help="replace existing outputs (only what medrecon wrote; never an input)")
+    p.add_argument("--keep-phi", action="store_true",
+                   help="DICOM output of a DICOM input: keep its patient/study identifiers "
+                   "(default: de-identified)")
+    p.add_argument("--allow-irregular-spacing", action="store_true",
+                   help="DICOM/NIfTI inputs: accept unevenly spaced slices")
     p.add_argument("--json", action="store_true", help="print one JSON object per volume")
     p.add_argument("--option", "-o", action="append", default=[], metavar="KEY=VALUE",
                    help="method option, repeatable (e.g. -o max_iter=20)")
@@ -120,18 +135,81 @@ def _check_sugar(method: str, given: dict[str, str]) -> None:
                              f"{', '.join(having) or '(none yet)'}")
 
 
-def _out_path(out: str | None, src: Path, n_inputs: int,
-              fmt: str | None) -> tuple[Path | None, str]:
-    """(output path, format) for input ``src`` (`medrecon.pipeline.output_target`); makes the
-    output folder."""
-    from medrecon.pipeline import output_target
+def check_device(device: str | None) -> None:
+    """``--device`` must name a torch device this machine has (ValueError, one line)."""
+    if device is None:
+        return
+    import torch
 
-    path, fmt = output_target(out, src, n_inputs, fmt, default="h5")
-    if path is not None and path != Path(out):  # --out is a folder of outputs
-        Path(out).mkdir(parents=True, exist_ok=True)
-    elif path is not None and fmt == "dicom":  # --out is the series folder itself
-        path.parent.mkdir(parents=True, exist_ok=True)
-    return path, fmt
+    try:
+        dev = torch.device(device)
+    except (RuntimeError, ValueError):
+        raise ValueError(f"--device {device!r} is not a torch device (e.g. cpu, cuda, cuda:1)") \
+            from None
+    if dev.type == "cuda":
+        if not torch.cuda.is_available():
+            why = "this torch build has no CUDA" if torch.version.cuda is None else \
+                "no CUDA GPU is visible"
+            raise ValueError(f"--device {device}: {why}; use --device cpu")
+        if dev.index is not None and dev.index >= torch.cuda.device_count():
+            raise ValueError(f"--device {device}: only {torch.cuda.device_count()} CUDA "
+                             "device(s) here")
+    elif dev.type == "mps" and not torch.backends.mps.is_available():
+        raise ValueError(f"--device {device}: MPS is not available here; use --device cpu")
+    elif dev.type not in ("cpu", "cuda", "mps"):
+        raise ValueError(f"--device {device}: only cpu, cuda and mps are supported")
+
+
+def plan_outputs(out: str | None, files: list[Path], given, fmt: str | None,
+                 default: str = "h5") -> list[tuple[Path | None, str]]:
+    """(output path, format) per input (`medrecon.pipeline.output_target`), refusing before
+    anything is written any output that is an input, lies in an input series folder, holds an
+    input, or whose folder is an input folder (`medrecon.datasets.publish.refuse_input_overlap`;
+    ``given``: the paths as typed, folders of inputs included), and two inputs sharing one
+    output.  Creates nothing."""
+    from medrecon.datasets.publish import printable, refuse_input_overlap
+    from medrecon.pipeline import input_paths, output_paths, output_target
+
+    plans = [output_target(out, src, len(files), fmt, default=default) for src in files]
+    seen: dict[Path, Path] = {}
+    for src, (path, _) in zip(files, plans):
+        if path is not None and seen.setdefault(path, src) != src:
+            raise ValueError(f"inputs {printable(seen[path])} and {printable(src)} would both "
+                             f"write {printable(path)}")
+    if out is None:
+        return plans
+    outputs = [q for path, f in plans for q in output_paths(path, f)]
+    inputs = [q for src in files for q in input_paths(src)]
+    folders = [Path(g) for g in given if Path(g).is_dir() and Path(g) not in files]
+    out_dirs = [Path(out)] if any(path != Path(out) for path, _ in plans) else []
+    refuse_input_overlap(outputs, inputs, folders=folders, out_dirs=out_dirs)
+    return plans
+
+
+def prepare_output_folders(plans) -> None:
+    """Before any work: make the output folders, delete the temp files dead medrecon runs left
+    there, and check each takes new files (PermissionError naming the folder)."""
+    from medrecon.datasets.publish import probe_writable, remove_stale_temps
+
+    folders: dict[Path, None] = {}
+    for path, fmt in plans:
+        if path is None:
+            continue
+        folders[path.parent] = None
+        if fmt == "dicom" and path.is_dir():  # an existing series folder: files go inside
+            folders[path] = None
+    for folder in folders:
+        folder.mkdir(parents=True, exist_ok=True)
+        remove_stale_temps(folder)
+        probe_writable(folder)
+
+
+def _error_line(src: Path, exc: BaseException) -> str:
+    """``src: message``, naming ``src`` once (most messages already start with it)."""
+    from medrecon.datasets.publish import printable
+
+    msg, name = printable(str(exc)), printable(src)
+    return msg if name in msg else f"{name}: {msg}"
 
 
 def _ct_module():
@@ -164,6 +242,7 @@ def _check_usage(args) -> None:
         raise ValueError(f"--batch-size must be >= 1, got {args.batch_size}")
     if args.coils < 1:
         raise ValueError(f"--coils must be >= 1, got {args.coils}")
+    check_device(args.device)
 
 
 def run(args) -> int:
@@ -175,13 +254,17 @@ def run(args) -> int:
     sugar = _sugar(args)
     files = find_inputs(args.inputs)
     ct = _ct_module()
-    if ct is not None and (args.method in ct.CT_METHODS
-                           or any(_is_ct(ct, p) for p in files)):
+    is_ct = ct is not None and (args.method in ct.CT_METHODS or any(_is_ct(ct, p) for p in files))
+    plans = plan_outputs(args.out, files, args.inputs, args.format,  # usage errors: exit 2
+                         default="dicom" if is_ct else "h5")
+    if is_ct:
         explicit = _options(args.option)  # the sugar flags travel as options
         args.option = list(args.option) + [f"{k}={v}" for k, v in sugar.items()
                                            if k not in explicit]
+        prepare_output_folders(plans)
         return int(ct.run_cli(args, files) or 0)
 
+    from medrecon.datasets.publish import printable
     from medrecon.pipeline import MaskSpec, reconstruct_file
     from medrecon.registry import get_method, resolve_options
 
@@ -191,11 +274,7 @@ def run(args) -> int:
     resolve_options(spec, options)
     acc = int(args.acceleration) if float(args.acceleration).is_integer() else args.acceleration
     mask = MaskSpec(args.mask, acc, args.center_fraction, args.seed)
-    plans = [_out_path(args.out, src, len(files), args.format) for src in files]  # usage: 2
-    seen: dict[Path, Path] = {}
-    for src, (out, _) in zip(files, plans):
-        if out is not None and seen.setdefault(out, src) != src:
-            raise ValueError(f"inputs {seen[out]} and {src} would both write {out}")
+    prepare_output_folders(plans)  # after every usage check: a usage error creates nothing
     progress = not args.quiet and sys.stderr.isatty()
     failed = 0
     volumes = tqdm(list(zip(files, plans)), desc="volumes", unit="vol",
@@ -205,18 +284,21 @@ def run(args) -> int:
             rec = reconstruct_file(src, args.method, mask, args.slices, out, args.overwrite,
                                    progress, args.device, seed=args.sample_seed,
                                    out_format=fmt, batch_size=args.batch_size,
-                                   coils=args.coils, **options)
+                                   coils=args.coils, keep_phi=args.keep_phi,
+                                   allow_irregular_spacing=args.allow_irregular_spacing,
+                                   **options)
         except (ValueError, OSError, KeyError, RuntimeError) as exc:
             failed += 1
-            tqdm.write(f"medrecon recon: error: {src}: {exc}", file=sys.stderr)
+            tqdm.write(f"medrecon recon: error: {_error_line(src, exc)}", file=sys.stderr)
             continue
         if args.json:
-            print(json.dumps(rec), flush=True)
+            print(json.dumps(rec, allow_nan=False), flush=True)
         else:
+            from medrecon.metrics import summary
+
             m = rec["metrics"]
-            score = (f"PSNR {m['psnr']:.2f} dB  SSIM {m['ssim']:.4f}  NMSE {m['nmse']:.4f}"
-                     if m else "no reference (file has its own mask)")
-            dest = f" -> {rec['output']}" if rec["output"] else ""
-            tqdm.write(f"{src.name}: {args.method} {rec['seconds']:.2f} s  {score}{dest}",
-                       file=sys.stdout)
+            score = summary(m) if m else "no reference (file has its own mask)"
+            dest = f" -> {printable(rec['output'])}" if rec["output"] else ""
+            tqdm.write(f"{printable(src.name)}: {args.method} {rec['seconds']:.2f} s  "
+                       f"{score}{dest}", file=sys.stdout)
     return 1 if failed else 0

@@ -10,14 +10,17 @@ Pixel encoding on write: unsigned 16-bit with one RescaleSlope/RescaleIntercept 
 ``value = stored * slope + intercept``.  Integer-valued data spanning <= 65535 are stored exactly
 (slope 1); otherwise ``slope = (max - min) / 65535`` and the error is at most one ``slope``.  The
 Rescale attributes are also written for MR (standard extended SOP class, honoured by pydicom,
-nibabel, dcm2niix, ITK and viewers).  Series go to a temporary folder renamed into place.
+nibabel, dcm2niix, ITK and viewers).  Series go to a temporary folder published without
+clobbering (`_publish_series`); ``overwrite`` replaces only the series medrecon wrote there.
 """
 from __future__ import annotations
 
 import datetime
+import io
+import errno
 import os
+import re
 import shutil
-import tempfile
 import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -35,15 +38,18 @@ try:  # pydicom >= 3
 except ImportError:  # pragma: no cover - pydicom 2.x
     from pydicom.pixel_data_handlers.util import apply_modality_lut
 
+from .deid import CARRIED, deidentify, keep_identity, remap_uid
 from .geometry import affine_to_dicom, dicom_affine, lps_to_ras, slice_normal
 from .permissions import public_mode
+from .publish import OutputExistsError, printable, temp_path
 
 __all__ = ["DicomSeries", "read_dicom_series", "write_dicom_series"]
 
 SOP_CLASSES = {"CT": "1.2.840.10008.5.1.4.1.1.2", "MR": "1.2.840.10008.5.1.4.1.1.4"}
 _ATOL = 1e-4  # direction-cosine tolerance
 
-# Copied from the reference only with anonymize=False.
+# Patient/study/frame-of-reference attributes copied from the reference with anonymize=False;
+# de-identifying, only `deid.CARRIED` is copied (and then pseudonymized by `deid.deidentify`).
 _IDENTIFYING = ("PatientName", "PatientID", "IssuerOfPatientID", "PatientBirthDate",
                 "PatientSex", "PatientAge", "PatientSize", "PatientWeight", "OtherPatientIDs",
                 "EthnicGroup", "PatientComments", "StudyInstanceUID", "StudyDate", "StudyTime",
@@ -89,14 +95,29 @@ class DicomSeries:
 
 # --------------------------------------------------------------------------------- reading
 def _dcmread(path: Path, **kw) -> tuple[Dataset | None, str]:
-    """(dataset, "") or (None, why it is not readable DICOM); accepts preamble-less files."""
+    """(dataset, "") or (None, why it is not readable DICOM); accepts preamble-less files.
+
+    Without ``defer_size`` a file under 64 MiB is parsed from memory: an element whose length
+    field is corrupt (up to 4 GiB) then reads what is there instead of allocating that length."""
+    if "defer_size" not in kw:
+        try:
+            if path.stat().st_size < 64 << 20:
+                buf = io.BytesIO(path.read_bytes())
+                buf.name = str(path)  # for pydicom's messages; never reopened (no deferral)
+                path = buf
+        except OSError as exc:
+            return None, f"{type(exc).__name__}: {exc}"
     try:
+        if isinstance(path, io.BytesIO):
+            path.seek(0)
         return pydicom.dcmread(path, **kw), ""
     except InvalidDicomError as exc:
         why = str(exc)
     except Exception as exc:  # truncated / corrupt DICOM
         return None, f"{type(exc).__name__}: {exc}"
     try:
+        if isinstance(path, io.BytesIO):
+            path.seek(0)
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")
             ds = pydicom.dcmread(path, force=True, **kw)
@@ -136,15 +157,25 @@ def _pixels(ds: Dataset, src) -> np.ndarray:
     if int(ds.get("SamplesPerPixel", 1)) != 1:
         raise ValueError(f"{src}: colour images (SamplesPerPixel={ds.SamplesPerPixel}) are not "
                          "supported; expected a greyscale CT/MR image")
+    ts = getattr(ds.get("file_meta", Dataset()).get("TransferSyntaxUID"), "name", "?")
     try:
-        return ds.pixel_array
+        with warnings.catch_warnings(record=True) as caught:
+            warnings.simplefilter("always")
+            arr = ds.pixel_array
     except Exception as exc:
-        ts = getattr(ds.get("file_meta", Dataset()).get("TransferSyntaxUID"), "name", "?")
         raise ValueError(f"{src}: cannot decode pixel data (transfer syntax {ts}): {exc}") from None
+    for w in caught:  # pydicom drops surplus bytes as "padding": Rows/Columns do not fit the data
+        if "excess padding" in str(w.message):
+            raise ValueError(f"{src}: pixel data length does not match Rows x Columns x frames "
+                             f"x BitsAllocated ({w.message})")
+        warnings.warn_explicit(w.message, w.category, w.filename, w.lineno)
+    return arr
 
 
-def _assemble(frames: list[dict], src) -> DicomSeries:
-    """Check consistency, sort frames along the normal and build the series."""
+def _assemble(frames: list[dict], src, allow_irregular_spacing: bool = False) -> DicomSeries:
+    """Check consistency, sort frames along the normal and build the series.  Slice gaps along
+    the normal must agree within max(1 % of their mean, 0.01 mm) -- a missing, duplicated or
+    unreadable slice shows up so -- unless ``allow_irregular_spacing`` (then a warning)."""
     first = frames[0]
     for f in frames[1:]:
         if f["pixels"].shape != first["pixels"].shape:
@@ -170,9 +201,17 @@ def _assemble(frames: list[dict], src) -> DicomSeries:
     if len(frames) > 1:
         step = (pos[-1] - pos[0]) / (len(frames) - 1)
         spacing = float(np.linalg.norm(step))
-        if gaps.max() - gaps.min() > 1e-2 * spacing + 1e-3:
-            warnings.warn(f"{src}: non-uniform slice spacing ({gaps.min():.4g}..{gaps.max():.4g} "
-                          "mm); `affine` uses the mean step, `slice_positions` are exact",
+        along = np.diff(np.sort(proj))
+        if along.max() - along.min() > max(1e-2 * float(along.mean()), 1e-2):
+            i = int(np.argmax(np.abs(along - np.median(along))))
+            what = (f"{src}: non-uniform slice spacing along the slice normal "
+                    f"({along.min():.4g}..{along.max():.4g} mm; {frames[i]['src']} to "
+                    f"{frames[i + 1]['src']}: {along[i]:.4g} mm)")
+            if not allow_irregular_spacing:
+                raise ValueError(f"{what}: a missing, extra or unreadable slice? Pass "
+                                 "allow_irregular_spacing=True (CLI --allow-irregular-spacing) "
+                                 "to read it with the mean spacing")
+            warnings.warn(f"{what}; `affine` uses the mean step, `slice_positions` are exact",
                           stacklevel=3)
     else:
         sbs = header.get("SpacingBetweenSlices")
@@ -235,11 +274,40 @@ def _frames_of_file(ds: Dataset, path: Path) -> list[dict]:
     return frames
 
 
-def read_dicom_series(path, series_uid: str | None = None) -> DicomSeries:
+def _claims_dicom(p: Path) -> bool:
+    """True for a file that says it is DICOM (``DICM`` at byte 128; a name is no claim)."""
+    try:
+        with open(p, "rb") as fh:
+            return fh.read(132)[128:] == b"DICM"
+    except OSError:
+        return False
+
+
+def _file_frames(ds: Dataset, path: Path) -> list[dict]:
+    """`_frames_of_file`, with corrupt-data errors of pydicom/numpy as ValueErrors naming ``path``."""
+    try:
+        return _frames_of_file(ds, path)
+    except ValueError as exc:
+        if str(path) in str(exc):
+            raise
+        raise ValueError(f"{path}: {exc}") from None
+    except (TypeError, KeyError, IndexError, AttributeError, OverflowError, OSError, EOFError,
+            NotImplementedError, RuntimeError) as exc:
+        raise ValueError(f"{path}: corrupt DICOM data ({type(exc).__name__}: {exc})") from None
+
+
+_PIXEL_KEYWORDS = ("PixelData", "FloatPixelData", "DoubleFloatPixelData")
+
+
+def read_dicom_series(path, series_uid: str | None = None, *,
+                      allow_irregular_spacing: bool = False) -> DicomSeries:
     """Read a folder of single-frame slices (one series) or one (multi-frame) DICOM file.
 
     Non-DICOM files in a folder (README, JSON...) are skipped; a folder holding several image
-    series needs ``series_uid=``.  Raises ValueError naming the file/folder on every problem.
+    series needs ``series_uid=``.  Raises ValueError naming the file/folder on every problem,
+    among them: a file that claims to be DICOM (``DICM`` after its preamble) but cannot be
+    read, a file of the series without pixel data, and non-uniform slice spacing (unless
+    ``allow_irregular_spacing``): a series never silently loses a slice.
     """
     path = Path(path)
     if path.is_file():
@@ -249,26 +317,45 @@ def read_dicom_series(path, series_uid: str | None = None) -> DicomSeries:
         if series_uid is not None and ds.get("SeriesInstanceUID") != series_uid:
             raise ValueError(f"{path}: SeriesInstanceUID is {ds.get('SeriesInstanceUID')}, "
                              f"not {series_uid}")
-        return _assemble(_frames_of_file(ds, path), path)
+        return _assemble(_file_frames(ds, path), path, allow_irregular_spacing)
     if not path.is_dir():
         raise FileNotFoundError(f"{path}: no such file or folder")
     series: dict[str, list[tuple[Path, Dataset]]] = {}
+    no_pixels: dict[str, list[Path]] = {}
     scanned = 0
     for p in sorted(q for q in path.iterdir() if q.is_file() and not q.name.startswith(".")):
         scanned += 1
-        ds, _ = _dcmread(p, defer_size="4 KB")
-        if ds is not None and any(k in ds for k in ("PixelData", "FloatPixelData")):
-            series.setdefault(str(ds.get("SeriesInstanceUID", "")), []).append((p, ds))
+        ds, why = _dcmread(p, defer_size="4 KB")
+        if ds is None:
+            if _claims_dicom(p):
+                raise ValueError(f"{p}: unreadable DICOM file in series folder {path} ({why}); "
+                                 "the series would lose a slice: repair or remove it")
+            continue
+        uid = str(ds.get("SeriesInstanceUID", ""))
+        if any(k in ds for k in _PIXEL_KEYWORDS):
+            series.setdefault(uid, []).append((p, ds))
+            continue
+        meta = getattr(ds, "file_meta", None) or Dataset()
+        sop = ds.get("SOPClassUID") or meta.get("MediaStorageSOPClassUID")
+        if sop is not None and "Image Storage" in getattr(pydicom.uid.UID(str(sop)), "name", ""):
+            raise ValueError(f"{p}: DICOM image ({pydicom.uid.UID(str(sop)).name}) without pixel "
+                             "data, truncated or incomplete; the series would lose a slice: "
+                             "repair or remove it")
+        no_pixels.setdefault(uid, []).append(p)
     if not series:
         raise ValueError(f"{path}: no DICOM image files found ({scanned} files scanned; "
                          "subfolders are not searched)")
     if series_uid is None and len(series) > 1:
         found = ", ".join(f"{uid} ({len(v)} files)" for uid, v in series.items())
-        raise ValueError(f"{path}: folder holds {len(series)} series: {found}; pass series_uid= "
-                         "to choose one")
+        raise ValueError(f"{path}: folder holds {len(series)} series: {found}; choose one with "
+                         "series_uid= (Python API), or give each series its own folder")
     uid = series_uid if series_uid is not None else next(iter(series))
     if uid not in series:
         raise ValueError(f"{path}: no series {uid}; found {', '.join(series)}")
+    if uid in no_pixels:
+        p = no_pixels[uid][0]
+        raise ValueError(f"{p}: file of series {uid} has no pixel data (PixelData); the series "
+                         "would lose a slice: repair or remove it")
     items = series.pop(uid)
     src = items[0][0] if len(items) == 1 else path
     frames = []
@@ -277,8 +364,8 @@ def read_dicom_series(path, series_uid: str | None = None) -> DicomSeries:
         if len(frames) + len(items) > 0 and int(ds.get("NumberOfFrames", 1) or 1) != 1:
             raise ValueError(f"{p}: multi-frame file mixed with other files of series {uid}; "
                              "read it on its own")
-        frames += _frames_of_file(ds, p)
-    return _assemble(frames, src)
+        frames += _file_frames(ds, p)
+    return _assemble(frames, src, allow_irregular_spacing)
 
 
 # --------------------------------------------------------------------------------- writing
@@ -314,20 +401,61 @@ def _save(path: Path, ds: Dataset) -> None:
         pydicom.dcmwrite(path, ds, write_like_original=False)
 
 
-def _commit_dir(tmp: Path, out: Path) -> None:
-    """Move the finished temp folder onto ``out`` (replacing an existing one)."""
+_OUR_FILE = re.compile(r"IM\d{5}\.dcm")  # the names write_dicom_series gives its files
+
+
+def _series_files(out: Path) -> list[Path]:
+    """The files of a series medrecon wrote in folder ``out`` (named ``IMnnnnn.dcm`` and
+    Manufacturer ``medrecon``).  FileExistsError if ``out`` holds a DICOM image medrecon did not
+    write, or a non-DICOM file under one of medrecon's names: a series is never written among
+    another series, and unrelated files are never replaced."""
+    ours = []
+    for p in sorted(q for q in out.iterdir() if not q.name.startswith(".") and q.is_file()):
+        ds, _ = _dcmread(p, stop_before_pixels=True)
+        mine = ds is not None and str(ds.get("Manufacturer", "")) == "medrecon"
+        if mine and _OUR_FILE.fullmatch(p.name):
+            ours.append(p)
+        elif ds is not None and "SOPClassUID" in ds:
+            raise FileExistsError(f"{printable(out)} holds {printable(p.name)}, a DICOM file "
+                                  "medrecon did not write; not writing a series next to it: "
+                                  "choose an empty or new output folder")
+        elif _OUR_FILE.fullmatch(p.name):
+            raise FileExistsError(f"{printable(p)} is not a medrecon DICOM file; not replacing "
+                                  "it: choose an empty or new output folder")
+    return ours
+
+
+def _publish_series(tmp: Path, out: Path, overwrite: bool) -> None:
+    """Publish the finished series folder ``tmp`` as ``out``.
+
+    A new (or empty) ``out``: one ``rename`` of the whole folder -- atomic, and of two concurrent
+    writers exactly one wins (a non-empty folder cannot be renamed over; the loser gets
+    OutputExistsError).  An existing non-empty ``out`` (``overwrite`` only): series by series --
+    the new files replace medrecon's files of the same name, then medrecon's leftover files of
+    the old series are deleted; other files and the folder itself are kept (`_series_files`).
+    """
     public_mode(tmp, directory=True)
-    if out.exists():
-        old = Path(tempfile.mkdtemp(prefix=f".{out.name}.old.", dir=out.parent))
-        os.rmdir(old)
-        os.replace(out, old)
-        os.replace(tmp, out)
-        if old.is_dir():
-            shutil.rmtree(old, ignore_errors=True)
-        else:
-            old.unlink()
-    else:
-        os.replace(tmp, out)
+    if not out.is_dir() or not any(out.iterdir()):
+        try:
+            os.rename(tmp, out)
+        except OSError as exc:
+            if exc.errno in (errno.EEXIST, errno.ENOTEMPTY, errno.ENOTDIR, errno.EISDIR):
+                raise OutputExistsError(f"{printable(out)} exists (another writer?); pass "
+                                        "overwrite=True (--overwrite) to replace it") from None
+            raise
+        return
+    if not overwrite:
+        raise OutputExistsError(f"{printable(out)} exists and is not empty; pass overwrite=True "
+                                "(--overwrite) to replace the series medrecon wrote there")
+    old = _series_files(out)
+    new = sorted(tmp.iterdir())
+    for f in new:
+        os.replace(f, out / f.name)
+    names = {f.name for f in new}
+    for f in old:
+        if f.name not in names:
+            f.unlink(missing_ok=True)
+    tmp.rmdir()
 
 
 def _grid(S: int, affine, ref: DicomSeries | None, shape) -> dict:
@@ -347,16 +475,14 @@ def _grid(S: int, affine, ref: DicomSeries | None, shape) -> dict:
 
 
 def _patient_study(base: Dataset, header: Dataset, anonymize: bool) -> None:
-    """Patient/study/frame-of-reference attributes: fresh and empty, or copied from ``header``."""
-    if anonymize:
-        base.PatientName, base.PatientID = "", "ANONYMOUS"
-        base.PatientIdentityRemoved = "YES"
-        base.DeidentificationMethod = "medrecon: patient/study identifiers not copied"
-    else:
-        for kw in _IDENTIFYING:
-            if kw in header:
-                el = header[kw]
-                setattr(base, kw, str(el.value) if el.VR == "PN" else el.value)
+    """Patient/study/frame-of-reference attributes copied from ``header`` (all of
+    ``_IDENTIFYING``, or only `deid.CARRIED` when ``anonymize``), the missing ones fresh/empty."""
+    for kw in CARRIED if anonymize else _IDENTIFYING + ("BurnedInAnnotation",):
+        if kw in header:
+            el = header[kw]
+            setattr(base, kw, str(el.value) if el.VR == "PN" else el.value)
+    if anonymize and str(header.get("BurnedInAnnotation", "")).upper() == "YES":
+        base.BurnedInAnnotation = "YES"  # for `deidentify` to refuse
     for kw in ("PatientName", "PatientID", "PatientBirthDate", "PatientSex", "StudyDate",
                "StudyTime", "ReferringPhysicianName", "StudyID", "AccessionNumber",
                "PositionReferenceIndicator", "Laterality", "PatientPosition"):
@@ -375,9 +501,14 @@ def write_dicom_series(volume, out_dir, reference: DicomSeries | str | os.PathLi
 
     Geometry comes from ``affine`` (LPS, `medrecon.datasets.geometry` convention) or else the
     reference series (same shape required), else a 1 mm axial grid at the origin.  Patient and
-    study identifiers are copied from the reference only with ``anonymize=False`` (then each
-    slice also cites its source image).  ``window`` is (center, width) in output units; by
-    default it spans the data.  Returns ``out_dir``.
+    study identifiers are copied from the reference only with ``anonymize=False``; by default
+    the series is de-identified by `medrecon.datasets.deid` (PS3.15 Basic Profile: names, IDs
+    and UIDs pseudonymized consistently within the process, dates shifted), keeping the geometry.
+    With a reference of the same grid each slice cites its source image in SourceImageSequence
+    (with the remapped UIDs when de-identifying).  ``window`` is (center, width) in output units; by
+    default it spans the data.  A new or empty ``out_dir`` is published at once; an existing
+    one only with ``overwrite``, which replaces the medrecon series in it (files
+    ``IMnnnnn.dcm`` of Manufacturer medrecon) and keeps everything else.  Returns ``out_dir``.
     """
     out = Path(out_dir)
     vol = _np(volume)
@@ -389,10 +520,16 @@ def write_dicom_series(volume, out_dir, reference: DicomSeries | str | os.PathLi
         raise ValueError(f"volume must be [slices, rows, cols], got shape {vol.shape}")
     if not np.isfinite(vol).all():
         raise ValueError("volume contains NaN or Inf")
-    if out.exists() and not overwrite and (out.is_file() or any(out.iterdir())):
-        raise FileExistsError(f"{out} exists and is not empty; pass overwrite=True to replace it")
+    if os.path.lexists(out) and not out.is_dir():
+        raise FileExistsError(f"{printable(out)} is a file, not a series folder; not replacing "
+                              "it: choose another output")
+    if out.is_dir() and any(out.iterdir()):
+        if not overwrite:
+            raise OutputExistsError(f"{printable(out)} exists and is not empty; pass "
+                                    "overwrite=True (--overwrite) to replace it")
+        _series_files(out)  # refuse a folder holding another series before any work
     if not out.parent.is_dir():
-        raise FileNotFoundError(f"{out.parent}: output folder does not exist")
+        raise FileNotFoundError(f"{printable(out.parent)}: output folder does not exist")
     ref = read_dicom_series(reference) if isinstance(reference, (str, os.PathLike)) else reference
     S, R, C = vol.shape
     grid = _grid(S, affine, ref, vol.shape)
@@ -422,7 +559,8 @@ def write_dicom_series(volume, out_dir, reference: DicomSeries | str | os.PathLi
     base.SeriesDescription = series_description[:64]
     base.DerivationDescription = derivation_description[:1024]
     base.Manufacturer, base.SoftwareVersions = "medrecon", "medrecon"
-    _patient_study(base, header, anonymize or ref is None)
+    deid = anonymize or ref is None
+    _patient_study(base, header, deid)
     for kw in _TECHNICAL:
         if kw in header:
             base[kw] = header[kw]
@@ -443,10 +581,17 @@ def write_dicom_series(volume, out_dir, reference: DicomSeries | str | os.PathLi
     base.BitsAllocated, base.BitsStored, base.HighBit, base.PixelRepresentation = 16, 16, 15, 0
     base.RescaleIntercept, base.RescaleSlope = inter_s, slope_s
     base.WindowCenter, base.WindowWidth = _ds(center), _ds(width)
-    link = not anonymize and ref is not None and affine is None and len(ref.source_refs) == S
+    if deid:
+        deidentify(base, str(ref.files[0]) if ref is not None and ref.files else "reference")
+    else:
+        keep_identity(base)
+    link = ref is not None and affine is None and len(ref.source_refs) == S
+    sources = [(c, remap_uid(u) if deid else u, f) for c, u, f in ref.source_refs] if link else []
     normal = slice_normal(grid["orientation"])
 
-    tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.", suffix=".tmp", dir=out.parent))
+    # the temp folder sits where its files go: next to a new series, inside an existing one
+    tmp = temp_path(out / out.name if out.is_dir() and any(out.iterdir()) else out)
+    tmp.mkdir()
     try:
         for k in range(S):
             ds = base.copy()
@@ -456,9 +601,9 @@ def write_dicom_series(volume, out_dir, reference: DicomSeries | str | os.PathLi
             ds.SliceLocation = _ds(float(np.dot(grid["positions"][k], normal)))
             if link:
                 src = Dataset()
-                src.ReferencedSOPClassUID, src.ReferencedSOPInstanceUID = ref.source_refs[k][:2]
-                if ref.source_refs[k][2] is not None:
-                    src.ReferencedFrameNumber = ref.source_refs[k][2]
+                src.ReferencedSOPClassUID, src.ReferencedSOPInstanceUID = sources[k][:2]
+                if sources[k][2] is not None:
+                    src.ReferencedFrameNumber = sources[k][2]
                 ds.SourceImageSequence = Sequence([src])
             ds.PixelData = stored[k].tobytes()
             ds["PixelData"].VR = "OW"
@@ -467,7 +612,7 @@ def write_dicom_series(volume, out_dir, reference: DicomSeries | str | os.PathLi
             ds.file_meta.MediaStorageSOPInstanceUID = ds.SOPInstanceUID
             ds.file_meta.TransferSyntaxUID = ExplicitVRLittleEndian
             _save(tmp / f"IM{k + 1:05d}.dcm", ds)
-        _commit_dir(tmp, out)
+        _publish_series(tmp, out, overwrite)
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise

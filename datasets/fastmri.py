@@ -12,13 +12,12 @@ The schema is the one of the public fastMRI files (Zbontar et al., 2018):
   ``num_low_frequency`` in test files).
 
 Reading never loads a whole volume to get one slice (h5py datasets are sliced lazily).  Writers
-go to a temporary file in the target folder and ``os.replace`` it into place, and refuse to
-overwrite an existing file unless ``overwrite=True``.
+go to a temporary file in the target folder published by `medrecon.datasets.publish` (no-clobber
+against other processes; an existing file is replaced only with ``overwrite=True``).
 """
 from __future__ import annotations
 
 import os
-import tempfile
 import xml.etree.ElementTree as ET
 from dataclasses import dataclass
 from pathlib import Path
@@ -28,7 +27,8 @@ import h5py
 import numpy as np
 import torch
 
-from medrecon.datasets.permissions import public_mode
+from medrecon.datasets.limits import check_h5_dataset
+from medrecon.datasets.publish import OutputExistsError, printable, publish, temp_path
 
 __all__ = ["ISMRMRDHeader", "FastMRIFile", "make_ismrmrd_header", "parse_ismrmrd_header",
            "write_fastmri", "write_reconstruction", "center_crop", "atomic_h5"]
@@ -138,33 +138,57 @@ class FastMRIFile:
             raise FileNotFoundError(f"{self.path}: no such file")
         try:
             self._h5 = h5py.File(self.path, "r")
-        except OSError as exc:
+        except Exception as exc:  # h5py: OSError, sometimes others on corrupt superblocks
             raise ValueError(f"{self.path}: not a readable HDF5 file (truncated or corrupt?): "
                              f"{exc}") from None
         try:
             self._validate()
-        except Exception:
+        except ValueError:
             self._h5.close()
             raise
+        except (OSError, KeyError, RuntimeError, TypeError, IndexError) as exc:  # h5py on corrupt
+            self._h5.close()                                                # object headers
+            raise ValueError(f"{self.path}: corrupt fastMRI HDF5 file ({type(exc).__name__}: "
+                             f"{exc})") from None
 
     def _validate(self) -> None:
         if "kspace" not in self._h5:
             raise ValueError(f"{self.path}: missing 'kspace' dataset (keys: "
                              f"{', '.join(self._h5.keys()) or 'none'})")
         k = self._h5["kspace"]
-        if k.ndim not in (3, 4):
+        if not isinstance(k, h5py.Dataset):
+            raise ValueError(f"{self.path}: 'kspace' is an HDF5 group, not a dataset")
+        if k.ndim not in (3, 4) or 0 in k.shape:
             raise ValueError(f"{self.path}: kspace must be [slices, coils, H, W] or "
-                             f"[slices, H, W], got shape {k.shape}")
+                             f"[slices, H, W] with no empty axis, got shape {k.shape}")
         if not np.issubdtype(k.dtype, np.complexfloating):
             raise ValueError(f"{self.path}: kspace must be complex, got dtype {k.dtype}")
+        check_h5_dataset(k, self.path, "kspace", nbytes=self._slice_bytes())
         H, W = k.shape[-2:]
         hdr = self.header
         if hdr is not None and (hdr.encoded_shape[0], hdr.encoded_shape[1]) != (H, W):
             raise ValueError(f"{self.path}: header encoded matrix {hdr.encoded_shape[:2]} does not "
                              f"match the k-space size {(H, W)}")
-        if "mask" in self._h5 and self._h5["mask"].shape[-1] != W:
-            raise ValueError(f"{self.path}: mask length {self._h5['mask'].shape[-1]} does not match "
-                             f"the k-space width {W}")
+        if hdr is not None and min(hdr.recon_shape[:2]) < 1:
+            raise ValueError(f"{self.path}: header recon matrix {hdr.recon_shape[:2]} must be "
+                             "positive")
+        if "mask" in self._h5:
+            m = self._h5["mask"]
+            if (not isinstance(m, h5py.Dataset) or m.ndim != 1 or m.shape[0] != W
+                    or not (m.dtype == bool or np.issubdtype(m.dtype, np.number))
+                    or np.issubdtype(m.dtype, np.complexfloating)):
+                raise ValueError(f"{self.path}: mask must be a real 1-D dataset of length W={W} "
+                                 f"(the k-space width), got {getattr(m, 'dtype', 'a group')} "
+                                 f"{getattr(m, 'shape', '')}")
+            check_h5_dataset(m, self.path, "mask")
+            if not self.mask.any():
+                raise ValueError(f"{self.path}: mask selects no k-space line (all zero); "
+                                 "nothing was measured")
+
+    def _slice_bytes(self) -> int:
+        """Bytes of one slice as read (complex64 after conversion, at least the stored size)."""
+        k = self._h5["kspace"]
+        return int(np.prod(k.shape[1:], dtype=np.int64)) * max(8, k.dtype.itemsize)
 
     # -- metadata -------------------------------------------------------------------------
     @property
@@ -191,7 +215,19 @@ class FastMRIFile:
     def header(self) -> ISMRMRDHeader | None:
         if "ismrmrd_header" not in self._h5:
             return None
-        return parse_ismrmrd_header(self._h5["ismrmrd_header"][()], str(self.path))
+        d = self._h5["ismrmrd_header"]
+        if not isinstance(d, h5py.Dataset) or d.shape != () or d.dtype.kind not in "SOU":
+            raise ValueError(f"{self.path}: ismrmrd_header must be one XML string, got "
+                             f"{getattr(d, 'dtype', 'a group')} {getattr(d, 'shape', '')}")
+        check_h5_dataset(d, self.path, "ismrmrd_header")
+        xml = d[()]
+        try:
+            return parse_ismrmrd_header(xml.encode() if isinstance(xml, str) else xml,
+                                        str(self.path))
+        except (ValueError, TypeError) as exc:  # e.g. int("abc") of a matrix size
+            msg = str(exc)
+            raise ValueError(msg if str(self.path) in msg else
+                             f"{self.path}: bad ismrmrd_header ({msg})") from None
 
     @property
     def recon_size(self) -> tuple[int, int]:
@@ -204,7 +240,8 @@ class FastMRIFile:
 
     @property
     def attrs(self) -> dict[str, Any]:
-        out = {k: (v.decode() if isinstance(v, bytes) else v) for k, v in self._h5.attrs.items()}
+        out = {k: (v.decode(errors="replace") if isinstance(v, bytes) else v)
+               for k, v in self._h5.attrs.items()}
         hdr = self.header
         if hdr is not None:
             out.setdefault("padding_left", hdr.padding_left)
@@ -212,21 +249,36 @@ class FastMRIFile:
         return out
 
     def target(self, kind: str = "rss") -> h5py.Dataset | None:
+        """The ``reconstruction_<kind>`` dataset ``[slices, rx, ry]`` (None if absent)."""
         if kind not in ("rss", "esc"):
             raise ValueError(f"target kind must be 'rss' or 'esc', got {kind!r}")
-        return self._h5.get(f"reconstruction_{kind}")
+        t = self._h5.get(f"reconstruction_{kind}")
+        if t is not None and (not isinstance(t, h5py.Dataset) or t.ndim != 3
+                              or t.shape[0] != self.num_slices or t.dtype.kind not in "fiu"):
+            raise ValueError(f"{self.path}: reconstruction_{kind} must be a real [slices="
+                             f"{self.num_slices}, rx, ry] dataset, got {getattr(t, 'dtype', 'a group')} "
+                             f"{getattr(t, 'shape', '')}")
+        return t
 
     # -- data -----------------------------------------------------------------------------
     def read_slice(self, i: int) -> dict[str, Any]:
         """One slice: k-space as torch.complex64 ([C, H, W] or [H, W]), mask, target, metadata."""
         if not -self.num_slices <= i < self.num_slices:
             raise ValueError(f"{self.path}: slice {i} out of range [0, {self.num_slices})")
-        k = torch.from_numpy(np.asarray(self.kspace[i]).astype(np.complex64))
         tgt = self.target("rss" if self.is_multicoil else "esc")
+        try:
+            k = torch.from_numpy(np.asarray(self.kspace[i]).astype(np.complex64))
+            if tgt is not None:
+                check_h5_dataset(tgt, self.path, tgt.name.lstrip("/"),
+                                 nbytes=int(np.prod(tgt.shape[1:])) * tgt.dtype.itemsize)
+                tgt = np.asarray(tgt[i])
+        except (OSError, RuntimeError, KeyError, TypeError, IndexError) as exc:  # h5py on bad data
+            raise ValueError(f"{self.path}: cannot read slice {i} ({type(exc).__name__}: "
+                             f"{exc})") from None
         return {
             "kspace": k,
             "mask": self.mask,
-            "target": None if tgt is None else np.asarray(tgt[i]),
+            "target": tgt,
             "metadata": {"file": str(self.path), "slice": i % self.num_slices,
                          "recon_size": self.recon_size, **self.attrs},
         }
@@ -242,29 +294,32 @@ class FastMRIFile:
 
 
 class atomic_h5:
-    """Context manager giving an h5py.File at a temp path, moved to ``path`` on success."""
+    """Context manager giving an h5py.File at a temp path, published to ``path`` on success
+    (`medrecon.datasets.publish`: no-clobber unless ``overwrite``; the temp is removed on error).
+    """
 
     def __init__(self, path, overwrite: bool = False):
         self.path = Path(path)
-        if self.path.exists() and not overwrite:
-            raise FileExistsError(f"{self.path} exists; pass overwrite=True to replace it")
+        self.overwrite = overwrite
+        if os.path.lexists(self.path) and not overwrite:
+            raise OutputExistsError(f"{printable(self.path)} exists; pass overwrite=True "
+                                    "(--overwrite) to replace it")
         if not self.path.parent.is_dir():
-            raise FileNotFoundError(f"{self.path.parent}: output folder does not exist")
+            raise FileNotFoundError(f"{printable(self.path.parent)}: output folder does not exist")
 
     def __enter__(self) -> h5py.File:
-        fd, self._tmp = tempfile.mkstemp(prefix=f".{self.path.name}.", suffix=".tmp",
-                                         dir=self.path.parent)
-        os.close(fd)
-        self._h5 = h5py.File(self._tmp, "w")
+        self._tmp = temp_path(self.path)
+        self._h5 = h5py.File(self._tmp, "x")
         return self._h5
 
     def __exit__(self, exc_type, exc, tb):
-        self._h5.close()
-        if exc_type is None:
-            public_mode(self._tmp)
-            os.replace(self._tmp, self.path)
-        else:
-            os.unlink(self._tmp)
+        try:
+            self._h5.close()
+        finally:
+            if exc_type is None:
+                publish(self._tmp, self.path, self.overwrite)
+            elif os.path.lexists(self._tmp):
+                os.unlink(self._tmp)
         return False
 
 

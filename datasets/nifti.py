@@ -5,20 +5,21 @@ same convention as `medrecon.datasets.dicom` (see `medrecon.datasets.geometry`),
 ``write_nifti(s.volume, path, s.ras_affine)`` for a `DicomSeries` ``s`` overlays the DICOM source
 in any viewer.  On disk the array is stored in the usual NIfTI ``(x=col, y=row, z=slice)`` order
 (like dcm2niix) with the matching affine in both sform and qform (code 1, scanner).
-Writes go to a temporary file renamed into place; existing files are kept unless overwrite=True.
+Writes go to a temporary file published without clobbering (`medrecon.datasets.publish`);
+existing files are kept unless overwrite=True.
 """
 from __future__ import annotations
 
 import json
 import os
-import tempfile
 from pathlib import Path
 from typing import Any, NamedTuple
 
 import nibabel as nib
 import numpy as np
 
-from .permissions import public_mode
+from .limits import check_read_size
+from .publish import OutputExistsError, printable, publish, publish_pair, temp_path
 from .geometry import (affine_to_dicom, dicom_affine, from_disk_order, lps_to_ras, ras_to_lps,
                        to_disk_order)
 
@@ -57,6 +58,24 @@ def _np(x) -> np.ndarray:
     return np.asarray(x)
 
 
+def _check_declared_size(img, path: Path) -> None:
+    """The header's shape against the read cap (float32 copy + raw data) and, uncompressed,
+    against the file size -- before nibabel allocates what a corrupt ``dim`` claims."""
+    shape = tuple(int(n) for n in img.shape)
+    if any(n < 0 for n in shape):
+        raise ValueError(f"{path}: negative image size {shape} in the header")
+    n = int(np.prod(shape, dtype=object))
+    raw = n * img.header.get_data_dtype().itemsize
+    check_read_size(n * 4 + raw, f"the image {shape}", path)
+    if not path.name.lower().endswith(".gz"):
+        offset = int(img.header.get_data_offset())
+        size = path.stat().st_size
+        if offset + raw > size:
+            raise ValueError(f"{path}: header declares {shape} {img.header.get_data_dtype()} "
+                             f"({raw} bytes from offset {offset}) but the file has {size} bytes "
+                             "(truncated file or corrupt header)")
+
+
 def read_nifti(path) -> NiftiVolume:
     """Read ``.nii``/``.nii.gz`` as ``[slices, rows, cols]`` float32 (scl_slope applied).
 
@@ -67,13 +86,23 @@ def read_nifti(path) -> NiftiVolume:
         raise FileNotFoundError(f"{path}: no such file")
     try:
         img = nib.load(path)
-        data = np.asarray(img.get_fdata(dtype=np.float32))
-    except Exception as exc:
+    except Exception as exc:  # nibabel raises many types on corrupt headers
         raise ValueError(f"{path}: not a readable NIfTI file: {exc}") from None
     if not isinstance(img, (nib.Nifti1Image, nib.Nifti2Image)):
         raise ValueError(f"{path}: not a NIfTI image ({type(img).__name__})")
     hdr = img.header
+    _check_declared_size(img, path)
+    try:
+        data = np.asarray(img.get_fdata(dtype=np.float32))
+    except Exception as exc:  # short data, bad dtype, decompression errors
+        raise ValueError(f"{path}: not a readable NIfTI file: {exc}") from None
     disk_shape = data.shape
+    if 0 in disk_shape:
+        raise ValueError(f"{path}: empty image (shape {disk_shape})")
+    a = np.asarray(img.affine, float)
+    if not np.isfinite(a).all() or abs(np.linalg.det(a[:3, :3])) < 1e-12:
+        raise ValueError(f"{path}: the header's affine (sform/qform, pixdim) is not a finite "
+                         f"invertible matrix: {a.tolist()}")
     if data.ndim == 2:
         data = data[:, :, None]
     if data.ndim not in (3, 4):
@@ -94,20 +123,24 @@ def read_nifti(path) -> NiftiVolume:
     return NiftiVolume(np.ascontiguousarray(vol, dtype=np.float32), affine, info)
 
 
-def _atomic_write(path: Path, write) -> Path:
-    """Call ``write(tmp_path)`` for a temp file next to ``path`` (same suffix), then rename."""
-    suffix = ".nii.gz" if path.name.endswith(".nii.gz") else path.suffix
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp" + suffix, dir=path.parent)
-    os.close(fd)
+def _write_temp(path: Path, write) -> Path:
+    """Call ``write(tmp)`` for a fresh temp name next to ``path`` (same extension); the temp is
+    removed if ``write`` fails."""
+    tmp = temp_path(path)
     try:
-        write(tmp)
-        public_mode(tmp)
-        os.replace(tmp, path)
+        write(str(tmp))
     except BaseException:
-        if os.path.exists(tmp):
+        if os.path.lexists(tmp):
             os.unlink(tmp)
         raise
-    return path
+    return tmp
+
+
+def _atomic_write(path: Path, write, overwrite: bool = True) -> Path:
+    """Call ``write(tmp_path)`` for a temp file next to ``path``, then publish it
+    (`medrecon.datasets.publish.publish`; replaces an existing file unless ``overwrite=False``)."""
+    path = Path(path)
+    return publish(_write_temp(path, write), path, overwrite)
 
 
 def write_nifti(volume, path, affine, overwrite: bool = False, sidecar: dict | None = None,
@@ -115,7 +148,9 @@ def write_nifti(volume, path, affine, overwrite: bool = False, sidecar: dict | N
     """Write ``volume`` ``[slices, rows, cols]`` with its RAS ``affine`` (for those indices).
 
     Floats are stored as float32 (or ``dtype``), integers keep their type.  ``sidecar`` (any
-    JSON-serialisable dict, e.g. method and parameters) goes to `sidecar_path` atomically too.
+    JSON-serialisable dict, e.g. method and parameters) goes to `sidecar_path`; image and
+    sidecar are published as a pair (`medrecon.datasets.publish.publish_pair`: the image never
+    appears without its sidecar; no-clobber against other processes unless ``overwrite``).
     """
     path = Path(path)
     if not (path.name.endswith(".nii") or path.name.endswith(".nii.gz")):
@@ -135,17 +170,23 @@ def write_nifti(volume, path, affine, overwrite: bool = False, sidecar: dict | N
         dtype = {"f": np.float32, "b": np.uint8}.get(vol.dtype.kind, vol.dtype)
     side = sidecar_path(path) if sidecar is not None else None
     for p in (path, side):
-        if p is not None and p.exists() and not overwrite:
-            raise FileExistsError(f"{p} exists; pass overwrite=True to replace it")
+        if p is not None and os.path.lexists(p) and not overwrite:
+            raise OutputExistsError(f"{printable(p)} exists; pass overwrite=True (--overwrite) "
+                                    "to replace it")
     if not path.parent.is_dir():
-        raise FileNotFoundError(f"{path.parent}: output folder does not exist")
+        raise FileNotFoundError(f"{printable(path.parent)}: output folder does not exist")
     text = json.dumps(sidecar, indent=2, default=str) if sidecar is not None else None
     data, disk_affine = to_disk_order(vol.astype(dtype, copy=False), a)
     img = nib.Nifti1Image(np.ascontiguousarray(data), disk_affine)
     img.set_sform(disk_affine, code=1)
     img.set_qform(disk_affine, code=1)
     img.header.set_xyzt_units("mm", "sec")
-    _atomic_write(path, lambda tmp: nib.save(img, tmp))
-    if side is not None:
-        _atomic_write(side, lambda tmp: Path(tmp).write_text(text))
-    return path
+    tmp = _write_temp(path, lambda t: nib.save(img, t))
+    if side is None:
+        return publish(tmp, path, overwrite)
+    try:
+        side_tmp = _write_temp(side, lambda t: Path(t).write_text(text))
+    except BaseException:
+        os.unlink(tmp)
+        raise
+    return publish_pair(tmp, path, side_tmp, side, overwrite)

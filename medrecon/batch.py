@@ -15,11 +15,18 @@ with ``out_format``).  It is what ``medrecon batch`` runs.
   outputs, markers and failure records.
 - **Resume.**  Outputs are written atomically (a crash never leaves a partial output), then a
   done marker ``OUT_DIR/.medrecon-batch/done/<output name>.json`` (the settings and the
-  `reconstruct_file` record) is written atomically too.  A rerun skips a volume whose output and
-  marker exist with the same settings (method, resolved options, mask, slices, seed, format);
-  other settings are a failure unless ``overwrite``.  An output without a marker (a crash between
-  the two renames) is adopted when it is readable and names the same method; anything else
-  already at an output path is a failure unless ``overwrite``.
+  `reconstruct_file` record) is written atomically too.  The settings are the method, resolved
+  options, mask, slices, sampling seed, format, the digest of the prior's weights
+  (`medrecon.provenance.prior_digest`) and the medrecon version.  A rerun skips a volume only
+  when its output exists and its marker holds exactly these settings, or, with no marker (a crash
+  between the two renames), when the output's own metadata records exactly these settings.  Any
+  other output at an output path is redone with ``overwrite`` and a failure without it.
+- **Inputs are never outputs.**  ``out_dir`` may not be, or lie inside, an input folder, and no
+  output may be an input (`medrecon.datasets.publish.refuse_input_overlap`), whatever
+  ``overwrite`` says.
+- **Clean exit.**  A local Ray instance started here is shut down on return, on an exception, on
+  SIGINT and on SIGTERM; a reaper process (`medrecon.batch_reaper`) stops its processes even when
+  the driver is killed with SIGKILL, so no Ray agent outlives the batch.
 - **Failures.**  A volume whose reconstruction raises is recorded in
   ``OUT_DIR/batch-failures.jsonl`` (one JSON object per line: file, output, error, traceback,
   attempts; rewritten by each run) and the batch goes on.  A task whose worker process dies
@@ -33,13 +40,15 @@ Two batches must not write to the same ``out_dir`` at the same time.
 from __future__ import annotations
 
 import dataclasses
-import glob
 import hashlib
 import importlib
 import importlib.util
 import json
+import os
 import shutil
+import signal
 import sys
+import threading
 import time
 import traceback
 import uuid
@@ -48,6 +57,9 @@ from pathlib import Path
 from typing import Any, Callable, Iterable, Sequence
 
 from medrecon.pipeline import OUTPUT_FORMATS, MaskSpec, output_name, reconstruct_file
+from medrecon.batch_reaper import start_reaper
+from medrecon.datasets.publish import remove_stale_temps
+from medrecon.provenance import medrecon_version, prior_digest
 
 __all__ = ["run_batch", "BatchSummary", "VolumeResult", "find_inputs", "output_name",
            "load_plugins", "STATE_DIR", "FAILURES_FILE"]
@@ -128,6 +140,8 @@ class _Job:
     state: str  # OUT_DIR/.medrecon-batch
     run_id: str
     plugins: tuple[str, ...] = field(default=())
+    keep_phi: bool = False
+    allow_irregular_spacing: bool = False
 
 
 _VOLUME_SUFFIXES = (".h5", ".nii.gz", ".nii")
@@ -212,18 +226,6 @@ def _attempts(job: _Job) -> int:
     return len(log.read_text().splitlines()) if log.is_file() else 0
 
 
-def _clean_debris(out: Path, fmt: str) -> None:
-    """Remove temp files/folders left next to ``out`` by a writer killed mid-write."""
-    targets = [out]
-    if fmt == "nifti":
-        from medrecon.datasets.nifti import sidecar_path
-        targets.append(sidecar_path(out))
-    for target in targets:
-        for p in target.parent.glob(f".{glob.escape(target.name)}.*"):
-            if ".tmp" in p.name or ".old." in p.name:
-                shutil.rmtree(p) if p.is_dir() else p.unlink()
-
-
 def _run_volume(job: _Job) -> dict[str, Any]:
     """The task: reconstruct one volume, write its output and done marker; never raises for a
     bad input (the error is returned), so only a dead worker makes Ray retry."""
@@ -231,10 +233,13 @@ def _run_volume(job: _Job) -> dict[str, Any]:
     attempts = _count_attempt(job)
     try:
         load_plugins(job.plugins)
-        _clean_debris(Path(job.out), job.fmt)
+        remove_stale_temps(Path(job.out).parent)  # debris of a writer killed mid-write
         record = reconstruct_file(job.src, job.method, job.mask, job.slices, Path(job.out),
                                   job.overwrite, False, job.device, seed=job.seed,
-                                  out_format=job.fmt, batch_size=job.batch_size, **job.options)
+                                  out_format=job.fmt, batch_size=job.batch_size,
+                                  keep_phi=job.keep_phi,
+                                  allow_irregular_spacing=job.allow_irregular_spacing,
+                                  **job.options)
         _write_json(_marker(job), {"settings": job.settings, "record": record})
     except Exception as exc:  # a bad volume is recorded and the batch goes on
         return {"status": "failed", "attempts": attempts, "error": f"{type(exc).__name__}: {exc}",
@@ -243,22 +248,38 @@ def _run_volume(job: _Job) -> dict[str, Any]:
             "seconds": time.perf_counter() - start}
 
 
-def _output_method(out: Path, fmt: str) -> str | None:
-    """The method named in a complete output's metadata, None if unreadable."""
+def _output_settings(out: Path, fmt: str) -> dict[str, Any] | None:
+    """The settings recorded in a complete output's own metadata (h5 attrs, NIfTI sidecar, the
+    DICOM DerivationDescription), in the form of `run_batch`'s settings; None if unreadable."""
     try:
         if fmt == "h5":
             import h5py
             with h5py.File(out, "r") as f:
-                return str(f.attrs["method"]) if "reconstruction" in f else None
-        if fmt == "nifti":
+                if "reconstruction" not in f:
+                    return None
+                meta = {k: (json.loads(v) if k in _JSON_ATTRS and isinstance(v, str) else v)
+                        for k, v in f.attrs.items()}
+        elif fmt == "nifti":
             from medrecon.datasets.nifti import sidecar_path
-            return json.loads(sidecar_path(out).read_text())["method"]
-        import pydicom
-        first = min(out.glob("*.dcm"))
-        desc = str(pydicom.dcmread(first, stop_before_pixels=True).SeriesDescription)
-        return desc.removeprefix("medrecon ")
+            meta = json.loads(sidecar_path(out).read_text())
+        else:
+            import pydicom
+            first = min(out.glob("*.dcm"))
+            desc = str(pydicom.dcmread(first, stop_before_pixels=True).DerivationDescription)
+            method, _, params = desc.removeprefix("medrecon ").partition(" ")
+            meta = {"method": method, **json.loads(params)}
+        mask = meta["mask"]
+        if isinstance(mask, dict):  # the record adds the measured fraction to the MaskSpec
+            mask = {k: v for k, v in mask.items() if k != "sampled_fraction"}
+        return _json_roundtrip({
+            "method": meta["method"], "options": meta["options"], "mask": mask,
+            "slices": meta["slices"], "seed": meta.get("seed"), "format": fmt,
+            "prior": meta.get("prior"), "version": meta.get("medrecon_version")})
     except Exception:  # noqa: BLE001 -- any unreadable output is "not ours"
         return None
+
+
+_JSON_ATTRS = ("options", "mask", "slices", "simulation")
 
 
 def _prior_state(job: _Job) -> VolumeResult | None:
@@ -274,15 +295,69 @@ def _prior_state(job: _Job) -> VolumeResult | None:
         if saved.get("settings") == job.settings:
             return VolumeResult(job.src, job.out, "skipped", record=saved.get("record"))
         return VolumeResult(job.src, job.out, "failed", error=(
-            f"{out} was made with other settings ({marker}); pass overwrite to redo it"))
+            f"{out} was made with other settings ({_differences(saved.get('settings'), job.settings)}); "
+            f"pass overwrite to redo it"))
     if out.exists():
-        if _output_method(out, job.fmt) == job.method:  # crashed between output and marker
+        own = _output_settings(out, job.fmt)
+        want = job.settings
+        if own is not None:  # outputs record slices as [start, stop]; a file's own mask as "file"
+            want = {**want, "slices": _slice_range(job)}
+            if own["mask"] == "file":
+                want["mask"] = "file"
+        if own == want:  # crashed between output and marker: its metadata says it all
             _write_json(marker, {"settings": job.settings, "record": None})
             return VolumeResult(job.src, job.out, "skipped")
+        why = ("its metadata records other settings: " + _differences(own, want)
+               if own is not None else "it is not a complete medrecon output")
         return VolumeResult(job.src, job.out, "failed", error=(
-            f"{out} exists and was not completed by a batch with method {job.method!r}; "
-            f"pass overwrite to replace it"))
+            f"{out} exists and has no done marker of this batch; {why}; pass overwrite to replace it"))
     return None
+
+
+def _slice_range(job: _Job) -> list[int] | None:
+    """``[start, stop]`` of the job's slices in its input, as outputs record them."""
+    from medrecon.image_inputs import input_kind, read_image_volume
+    from medrecon.pipeline import parse_slices
+
+    try:
+        if input_kind(job.src) == "fastmri":
+            from medrecon.datasets.fastmri import FastMRIFile
+            with FastMRIFile(job.src) as f:
+                n = f.num_slices
+        else:
+            n = read_image_volume(job.src).volume.shape[0]
+        r = parse_slices(job.slices, n)
+    except (ValueError, OSError, KeyError):
+        return None
+    return [r.start, r.stop]
+
+
+def _differences(saved: dict[str, Any] | None, want: dict[str, Any]) -> str:
+    """The settings that differ, e.g. ``mask: {...} here, {...} there``."""
+    if not isinstance(saved, dict):
+        return "no readable settings"
+    keys = [k for k in want if saved.get(k) != want[k]]
+    return "; ".join(f"{k}: {json.dumps(want[k])} now, {json.dumps(saved.get(k))} before"
+                     for k in keys) or "same settings"
+
+
+def _refuse_overlap(inputs, files: list[Path], out_dir: Path, jobs: list[_Job]) -> None:
+    """Inputs are never written (`medrecon.datasets.publish.refuse_input_overlap`), and the output
+    folder may not lie inside an input folder, where the next run would read it as an input."""
+    from medrecon.datasets.nifti import sidecar_path
+    from medrecon.datasets.publish import InputOverlapError, printable, refuse_input_overlap
+
+    items = [inputs] if isinstance(inputs, (str, Path)) else list(inputs)
+    folders = [Path(p).absolute() for p in items if Path(p).is_dir()]
+    outs = [Path(j.out) for j in jobs]
+    outs += [sidecar_path(o) for o in outs if o.name.endswith((".nii", ".nii.gz"))]
+    refuse_input_overlap(outs, files, folders=folders, out_dirs=[out_dir])
+    real_out = Path(os.path.realpath(out_dir))
+    for folder in folders:
+        if Path(os.path.realpath(folder)) in real_out.parents:
+            raise InputOverlapError(
+                f"output folder {printable(out_dir)} lies inside the input folder {printable(folder)}, "
+                "where a later batch would read it as an input: choose an output folder outside it")
 
 
 def _plan(files: list[Path], out_dir: Path, fmt: str, make) -> list[_Job]:
@@ -301,33 +376,90 @@ def _on_ray(ray, jobs: list[_Job], report: Callable[[_Job, dict[str, Any]], None
     """One Ray task per job, results reported as they arrive; returns the executor's name."""
     local = address in (None, "local")
     started = not ray.is_initialized()
+    reaper = None
     if started:
         kw = {"num_cpus": local_cpus} if local else {"address": address}
-        ray.init(include_dashboard=False, **kw)
+        before = _children()
+        if local:
+            reaper = start_reaper()  # before ray.init: a SIGKILL during init is covered too
+        try:
+            ray.init(include_dashboard=False, **kw)
+        except BaseException:
+            if reaper is not None:
+                reaper.watch(_children() - before - {reaper.pid})
+                reaper.close()
+            raise
+        if reaper is not None:
+            reaper.watch(_children() - before - {reaper.pid})
     try:
-        have = ray.cluster_resources()
-        for key, need in (("CPU", num_cpus), ("GPU", num_gpus)):
-            if local and need > have.get(key, 0):  # the task could never be scheduled
-                raise ValueError(f"a task asks for {need:g} {key}s but the local Ray instance "
-                                 f"has {have.get(key, 0):g}")
-        task = ray.remote(num_cpus=num_cpus, num_gpus=num_gpus, max_retries=max_retries,
-                          retry_exceptions=False)(_run_volume)
-        refs = [task.remote(job) for job in jobs]
-        job_of = dict(zip(refs, jobs))
-        while refs:
-            ready, refs = ray.wait(refs, num_returns=1)
-            job = job_of.pop(ready[0])
-            try:
-                out = ray.get(ready[0])
-            except ray.exceptions.RayError as exc:  # the worker died max_retries + 1 times
-                first = (str(exc).strip().splitlines() or [""])[0]
-                out = {"status": "failed", "attempts": _attempts(job), "seconds": 0.0,
-                       "error": f"{type(exc).__name__}: {first}"}
-            report(job, out)
+        # ray.init installs a SIGTERM handler that aborts the driver (exit 134, no clean-up)
+        with _sigterm_exits():
+            _collect(ray, jobs, report, local=local, num_cpus=num_cpus, num_gpus=num_gpus,
+                     max_retries=max_retries)
     finally:
         if started:
-            ray.shutdown()
+            try:
+                ray.shutdown()
+            finally:
+                if reaper is not None:
+                    reaper.close()
     return f"ray {'local' if local else address}"
+
+
+def _collect(ray, jobs: list[_Job], report, *, local: bool, num_cpus: float, num_gpus: float,
+             max_retries: int) -> None:
+    """Submit one task per job and report each result as it arrives."""
+    have = ray.cluster_resources()
+    for key, need in (("CPU", num_cpus), ("GPU", num_gpus)):
+        if local and need > have.get(key, 0):  # the task could never be scheduled
+            raise ValueError(f"a task asks for {need:g} {key}s but the local Ray instance "
+                             f"has {have.get(key, 0):g}")
+    task = ray.remote(num_cpus=num_cpus, num_gpus=num_gpus, max_retries=max_retries,
+                      retry_exceptions=False)(_run_volume)
+    refs = [task.remote(job) for job in jobs]
+    job_of = dict(zip(refs, jobs))
+    while refs:
+        ready, refs = ray.wait(refs, num_returns=1)
+        job = job_of.pop(ready[0])
+        try:
+            out = ray.get(ready[0])
+        except ray.exceptions.RayError as exc:  # the worker died max_retries + 1 times
+            first = (str(exc).strip().splitlines() or [""])[0]
+            out = {"status": "failed", "attempts": _attempts(job), "seconds": 0.0,
+                   "error": f"{type(exc).__name__}: {first}"}
+        report(job, out)
+
+
+def _children() -> set[int]:
+    """PIDs of this process's descendants (empty without psutil)."""
+    try:
+        import psutil
+        return {p.pid for p in psutil.Process().children(recursive=True)}
+    except Exception:  # noqa: BLE001 -- no psutil, or a race with an exiting child
+        return set()
+
+
+class _sigterm_exits:
+    """Within the block (main thread only), SIGTERM raises SystemExit, so ``finally`` clauses run:
+    the Ray instance is shut down and partial outputs are never published.  The block exits with
+    status 143 (128 + SIGTERM) even where Ray re-raises the exit as ``SystemExit(1)``."""
+
+    def __enter__(self):
+        self._old, self._got = None, None
+        if threading.current_thread() is threading.main_thread():
+            self._old = signal.signal(signal.SIGTERM, self._handler)
+        return self
+
+    def _handler(self, signum, frame):
+        self._got = signum
+        raise SystemExit(128 + signum)
+
+    def __exit__(self, exc_type, exc, tb):
+        if self._old is not None:
+            signal.signal(signal.SIGTERM, self._old)
+        if self._got is not None and exc_type is SystemExit:
+            raise SystemExit(128 + self._got) from None
+        return False
 
 
 def run_batch(inputs, out_dir, method: str = "cg-sense", mask: MaskSpec | None = None, *,
@@ -335,10 +467,12 @@ def run_batch(inputs, out_dir, method: str = "cg-sense", mask: MaskSpec | None =
               out_format: str | None = None, overwrite: bool = False, device: str | None = None,
               seed: int | None = None, batch_size: int = 1, address: str | None = None,
               num_cpus: float = 1, num_gpus: float = 0, local_cpus: int | None = None,
-              max_retries: int = 3, plugins: Sequence[str] = (),
+              max_retries: int = 3, plugins: Sequence[str] = (), keep_phi: bool = False,
+              allow_irregular_spacing: bool = False,
               on_result: Callable[[VolumeResult], None] | None = None) -> BatchSummary:
     """Reconstruct every input volume into ``out_dir`` (module doc); ``on_result`` is called
-    with each volume's result as it arrives (skipped ones first)."""
+    with each volume's result as it arrives (skipped ones first).  ``keep_phi`` and
+    ``allow_irregular_spacing``: as `medrecon.pipeline.reconstruct_file`."""
     from medrecon.registry import get_method, options_to_dict, resolve_options
 
     start = time.perf_counter()
@@ -374,18 +508,24 @@ def run_batch(inputs, out_dir, method: str = "cg-sense", mask: MaskSpec | None =
     files = [p.absolute() for p in find_inputs(inputs)]
     state = out_dir / STATE_DIR
     run_id = uuid.uuid4().hex[:12]
-    shutil.rmtree(state / "runs", ignore_errors=True)  # attempt logs of crashed runs
-    for sub in ("done", f"runs/{run_id}"):
-        (state / sub).mkdir(parents=True, exist_ok=True)
     settings = _json_roundtrip({"method": method, "options": resolved,
                                 "mask": dataclasses.asdict(mask), "slices": slices,
-                                "seed": seed, "format": fmt})
+                                "seed": seed, "format": fmt, "prior": prior_digest(resolved),
+                                "version": medrecon_version()})
+    # non-default flags join the settings (outputs made without them are not adopted)
+    settings.update({k: True for k, v in (("keep_phi", keep_phi),
+                                          ("allow_irregular_spacing", allow_irregular_spacing)) if v})
 
     def make(src: Path, out: Path) -> _Job:
         return _Job(str(src), str(out), fmt, method, mask, slices, seed, batch_size, device,
-                    overwrite, options, settings, str(state), run_id, plugins)
+                    overwrite, options, settings, str(state), run_id, plugins, keep_phi,
+                    allow_irregular_spacing)
 
     jobs = _plan(files, out_dir, fmt, make)
+    _refuse_overlap(inputs, files, out_dir, jobs)  # before anything is created in out_dir
+    shutil.rmtree(state / "runs", ignore_errors=True)  # attempt logs of crashed runs
+    for sub in ("done", f"runs/{run_id}"):
+        (state / sub).mkdir(parents=True, exist_ok=True)
     failures = out_dir / FAILURES_FILE
     failures.unlink(missing_ok=True)
     results: dict[str, VolumeResult] = {}
@@ -412,15 +552,16 @@ def run_batch(inputs, out_dir, method: str = "cg-sense", mask: MaskSpec | None =
                                  round(out["seconds"], 4), out.get("error"), out.get("record")),
                out.get("traceback"))
 
-    if not todo:
-        executor = "none (nothing to run)"
-    elif ray is None:
-        executor = "in-process"
-        for job in todo:
-            from_task(job, _run_volume(job))
-    else:
-        executor = _on_ray(ray, todo, from_task, address=address, local_cpus=local_cpus,
-                           num_cpus=num_cpus, num_gpus=num_gpus, max_retries=max_retries)
+    with _sigterm_exits():
+        if not todo:
+            executor = "none (nothing to run)"
+        elif ray is None:
+            executor = "in-process"
+            for job in todo:
+                from_task(job, _run_volume(job))
+        else:
+            executor = _on_ray(ray, todo, from_task, address=address, local_cpus=local_cpus,
+                               num_cpus=num_cpus, num_gpus=num_gpus, max_retries=max_retries)
     shutil.rmtree(state / "runs" / run_id, ignore_errors=True)
     ordered = [results[job.out] for job in jobs]
     return BatchSummary(ordered, time.perf_counter() - start, executor, str(out_dir),

@@ -84,8 +84,12 @@ class ImageVolume:
         return a
 
 
-def read_image_volume(path) -> ImageVolume:
-    """Read a DICOM MR series (folder or file) or a 2-D/3-D NIfTI file as an `ImageVolume`."""
+def read_image_volume(path, allow_irregular_spacing: bool = False) -> ImageVolume:
+    """Read a DICOM MR series (folder or file) or a 2-D/3-D NIfTI file as an `ImageVolume`.
+
+    ValueError naming ``path`` on degenerate data: NaN/Inf, an all-zero volume (nothing to
+    reconstruct), slices under 8x8, and -- DICOM -- an unreadable or pixel-less slice or
+    non-uniform slice spacing (unless ``allow_irregular_spacing``)."""
     from medrecon.datasets.geometry import ras_to_lps
 
     path = Path(path)
@@ -103,7 +107,7 @@ def read_image_volume(path) -> ImageVolume:
 
         if not path.exists():
             raise FileNotFoundError(f"{path}: no such file or folder")
-        series = read_dicom_series(path)
+        series = read_dicom_series(path, allow_irregular_spacing=allow_irregular_spacing)
         if series.modality not in ("MR", ""):
             raise ValueError(f"{path}: DICOM Modality is {series.modality!r}; MRI recon needs "
                              "an MR series (CT series go to the CT methods, e.g. --method fbp)")
@@ -114,6 +118,8 @@ def read_image_volume(path) -> ImageVolume:
         raise ValueError(f"{path}: a fastMRI file has k-space; read it with FastMRIFile")
     if not np.isfinite(vol).all():
         raise ValueError(f"{path}: image contains NaN or Inf")
+    if not vol.any():
+        raise ValueError(f"{path}: image is all zero; there is nothing to reconstruct")
     if min(vol.shape[-2:]) < 8:
         raise ValueError(f"{path}: slices of {vol.shape[-2:]} pixels; at least 8x8 expected")
     return ImageVolume(np.ascontiguousarray(vol, np.float32), np.asarray(affine, float), kind,

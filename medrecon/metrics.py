@@ -6,6 +6,11 @@
 - PSNR and SSIM use ``data_range = max of the target volume`` (not max - min, not per slice).
 - SSIM is scikit-image's ``structural_similarity`` per slice with its defaults (7x7 uniform window,
   K1 = 0.01, K2 = 0.03), averaged over slices.
+
+`evaluate` never returns NaN or Infinity (records are written as strict JSON): a metric that is
+undefined on the data -- all three when the reference is all zero (or its maximum <= 0, so
+``data_range`` is not positive), PSNR when the prediction equals the reference (infinite), SSIM
+on images smaller than its 7x7 window -- is ``None`` and ``"reason"`` says why.
 """
 from __future__ import annotations
 
@@ -13,7 +18,7 @@ import numpy as np
 import torch
 from skimage.metrics import peak_signal_noise_ratio, structural_similarity
 
-__all__ = ["nmse", "psnr", "ssim", "evaluate"]
+__all__ = ["nmse", "psnr", "ssim", "evaluate", "summary"]
 
 
 def _as_volumes(gt, pred) -> tuple[np.ndarray, np.ndarray]:
@@ -61,6 +66,45 @@ def ssim(gt, pred, maxval: float | None = None) -> float:
     return float(np.mean([structural_similarity(a, b, data_range=maxval) for a, b in zip(g, p)]))
 
 
-def evaluate(gt, pred) -> dict[str, float]:
-    """``{"nmse", "psnr", "ssim"}`` of ``pred`` against ``gt`` (fastMRI conventions)."""
-    return {"nmse": nmse(gt, pred), "psnr": psnr(gt, pred), "ssim": ssim(gt, pred)}
+def evaluate(gt, pred) -> dict[str, float | None | str]:
+    """``{"nmse", "psnr", "ssim"}`` of ``pred`` against ``gt`` (fastMRI conventions); a metric
+    undefined on this data is ``None`` and the key ``"reason"`` says why (module docstring).
+    Every value is finite, so ``json.dumps(..., allow_nan=False)`` always works."""
+    g, p = _as_volumes(gt, pred)
+    out: dict[str, float | None] = {"nmse": None, "psnr": None, "ssim": None}
+    why: list[str] = []
+    if not g.any():
+        why.append("reference is all zero")
+    else:
+        out["nmse"] = nmse(g, p)
+    if g.any() and g.max() <= 0:
+        why.append(f"reference maximum is {g.max():.4g} <= 0 (data_range = max of the reference)")
+    elif g.any():
+        if np.array_equal(g, p):
+            why.append("prediction equals the reference (PSNR is infinite)")
+        else:
+            out["psnr"] = psnr(g, p)
+        if min(g.shape[-2:]) < 7:
+            why.append(f"images of {g.shape[-2:]} pixels are smaller than the 7x7 SSIM window")
+        else:
+            out["ssim"] = ssim(g, p)
+    for k, v in out.items():  # overflow guards (e.g. values near the float64 limit)
+        if v is not None and not np.isfinite(v):
+            out[k] = None
+            why.append(f"{k} is not finite on this data")
+    return {**out, "reason": "; ".join(why)} if why else out
+
+
+def fmt_metric(value, spec: str, width: int = 0) -> str:
+    """``value`` formatted with ``spec`` (right-aligned in ``width``), ``n/a`` when undefined."""
+    text = "n/a" if value is None else format(value, spec)
+    return text.rjust(width)
+
+
+def summary(m: dict) -> str:
+    """One line of an `evaluate` result, ``n/a`` for an undefined metric (with the reason)."""
+    def f(k, fmt):
+        return "n/a" if m.get(k) is None else format(m[k], fmt)
+
+    line = f"PSNR {f('psnr', '.2f')} dB  SSIM {f('ssim', '.4f')}  NMSE {f('nmse', '.4f')}"
+    return f"{line} ({m['reason']})" if m.get("reason") else line

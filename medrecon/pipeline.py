@@ -22,13 +22,14 @@ submission file with the record's metadata (and the LPS affine, ``affine_lps``) 
 ``.nii``/``.nii.gz`` NIfTI with a JSON sidecar, a folder (``out_format="dicom"`` or a path string
 ending in ``/``) a DICOM MR series (SeriesDescription ``"medrecon <method>"``,
 DerivationDescription with the options, NFE, time, seed and mask).  Geometry: a NIfTI input's
-own affine, a DICOM input's own grid (a DICOM output then also keeps its patient and study
-and cites the source images), for fastMRI the ISMRMRD recon FOV/matrix (`recon_affine`); with
+own affine, a DICOM input's own grid (a DICOM output then also keeps its study context,
+de-identified unless ``keep_phi``), for fastMRI the ISMRMRD recon FOV/matrix (`recon_affine`); with
 ``slices`` the grid starts at the first selected slice.
 """
 from __future__ import annotations
 
 import json
+import os
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -38,14 +39,16 @@ import torch
 from tqdm.auto import tqdm
 
 from medrecon.datasets.fastmri import FastMRIFile, ISMRMRDHeader, atomic_h5, center_crop
+from medrecon.datasets.publish import printable
 from medrecon.metrics import evaluate
 from medrecon.physics.coils import rss
 from medrecon.physics.fft import ifft2c
 from medrecon.physics.masks import make_mask
+from medrecon.provenance import medrecon_version, prior_digest
 from medrecon.reconstruct import reconstruct
 
 __all__ = ["MaskSpec", "reconstruct_file", "parse_slices", "output_format", "output_name", "output_target", "recon_affine",
-           "write_output", "check_writable", "OUTPUT_FORMATS"]
+           "write_output", "check_writable", "output_paths", "input_paths", "OUTPUT_FORMATS"]
 
 OUTPUT_FORMATS = ("h5", "nifti", "dicom")
 
@@ -82,7 +85,8 @@ def reconstruct_file(path, method: str = "cg-sense", mask: MaskSpec | None = Non
                      slices: str | None = None, out=None, overwrite: bool = False,
                      progress: bool = False, device: str | None = None,
                      seed: int | None = None, out_format: str | None = None,
-                     batch_size: int = 1, coils: int = 1, **options) -> dict[str, Any]:
+                     batch_size: int = 1, coils: int = 1, keep_phi: bool = False,
+                     allow_irregular_spacing: bool = False, **options) -> dict[str, Any]:
     """Reconstruct the selected slices of a fastMRI file, DICOM MR series or NIfTI volume
     (`medrecon.image_inputs.input_kind`); write ``out`` if given.
 
@@ -91,7 +95,12 @@ def reconstruct_file(path, method: str = "cg-sense", mask: MaskSpec | None = Non
     ``out_format`` overrides the format inferred from ``out`` (one of `OUTPUT_FORMATS`);
     ``coils`` is the number of simulated coils for image inputs (`medrecon.image_inputs`).
     ``progress`` shows a bar over the slices and, for diffusion methods, one over the network
-    evaluations.  An existing ``out`` is refused before any work unless ``overwrite``.
+    evaluations.  Before any work: an ``out`` that is (or lies inside, or holds) the input is
+    refused whatever ``overwrite`` says (`medrecon.datasets.publish.refuse_input_overlap`), an
+    existing ``out`` unless ``overwrite``, and an output folder that cannot be written.
+    ``keep_phi`` keeps a DICOM input's patient/study identifiers in a DICOM output (default:
+    de-identified); ``allow_irregular_spacing`` reads image inputs whose slices are unevenly
+    spaced (`medrecon.image_inputs.read_image_volume`).
     """
     from medrecon.image_inputs import input_kind
 
@@ -100,15 +109,23 @@ def reconstruct_file(path, method: str = "cg-sense", mask: MaskSpec | None = Non
     mask = mask or MaskSpec()
     fmt = output_format(out, out_format) if out is not None else None
     if out is not None:
+        from medrecon.datasets.publish import refuse_input_overlap
+
+        refuse_input_overlap(output_paths(out, fmt), input_paths(path))
         check_writable(out, fmt, overwrite)
-    run = _Runner(Path(path).name, method, seed, device, progress, options, batch_size)
+        if not Path(out).parent.is_dir():
+            raise FileNotFoundError(f"{printable(Path(out).parent)}: output folder does not "
+                                    "exist")
+    run = _Runner(printable(Path(path).name), method, seed, device, progress, options,
+                  batch_size)
     if input_kind(path) == "fastmri":
         pred, record, affine, reference = _fastmri_volume(path, mask, slices, batch_size, run)
     else:
-        pred, record, affine, reference = _image_volume(path, mask, slices, batch_size, coils, run)
+        pred, record, affine, reference = _image_volume(path, mask, slices, batch_size, coils,
+                                                        run, allow_irregular_spacing)
     if out is not None:
         record["output"] = str(write_output(out, pred, record, affine, fmt, overwrite,
-                                            reference=reference))
+                                            reference=reference, keep_phi=keep_phi))
     return record
 
 
@@ -122,13 +139,21 @@ class _Runner:
         self.method, self.seed, self.device, self.options = method, seed, device, options
         self.progress, self.name, self.batch_size = progress, name, batch_size
         self.diffusion = spec.kind == "diffusion"
-        self.seconds, self.nfe = 0.0, 0
+        self.seconds, self.nfe, self.blank = 0.0, 0, 0
         self.used = options_to_dict(resolve_options(spec, options))  # fail before any reading
 
     def _reconstruct(self, k, m, smaps):
         if self.device:
             k = k.to(self.device)
             smaps = smaps.to(self.device) if smaps is not None else None
+        if not bool((k != 0).any()) and bool(m.any()):
+            # a blank slice (the empty edge slices of many volumes): its image is zero; a volume
+            # with no signal at all is refused in __call__
+            from medrecon.reconstruct import ReconResult
+
+            self.blank += 1 if k.dim() == 3 else k.shape[0]
+            image = torch.zeros(k.shape[:-3] + k.shape[-2:], dtype=torch.complex64, device=k.device)
+            return k, ReconResult(image, self.method, self.used, self.nfe, 0.0)
         res = reconstruct(k, m.to(k.device), self.method, smaps=smaps, seed=self.seed,
                           **self.options)
         self.seconds += res.seconds
@@ -160,6 +185,9 @@ class _Runner:
                         steps.refresh()
                 yield batch, k, res
                 bar.update(len(batch))
+            if self.blank == n_slices:
+                raise ValueError(f"k-space is all zero in every selected slice ({n_slices}); "
+                                 "an all-zero measurement has no image to reconstruct")
         finally:
             bar.close()
             if steps is not None:
@@ -169,7 +197,8 @@ class _Runner:
         return {"file": str(path), "method": self.method, "options": self.used, "nfe": self.nfe,
                 "seconds": round(self.seconds, 4),
                 "seconds_per_slice": round(self.seconds / len(rows), 4),
-                "slices": [rows.start, rows.stop], **fields, "seed": self.seed, "output": None}
+                "slices": [rows.start, rows.stop], **fields, "seed": self.seed, "output": None,
+                "prior": prior_digest(self.used), "medrecon_version": medrecon_version()}
 
 
 def _chunks(rows: range, batch_size: int):
@@ -212,11 +241,12 @@ def _fastmri_volume(path, mask: MaskSpec, slices, batch_size: int, run: _Runner)
     return pred, record, affine, None
 
 
-def _image_volume(path, mask: MaskSpec, slices, batch_size: int, coils: int, run: _Runner):
+def _image_volume(path, mask: MaskSpec, slices, batch_size: int, coils: int, run: _Runner,
+                  allow_irregular_spacing: bool = False):
     """DICOM/NIfTI magnitudes: simulated k-space (`medrecon.image_inputs`), scored against |v|."""
     from medrecon.image_inputs import read_image_volume, simulate_kspace, slab_series
 
-    iv = read_image_volume(path)
+    iv = read_image_volume(path, allow_irregular_spacing=allow_irregular_spacing)
     rows = parse_slices(slices, iv.volume.shape[0])
     transpose = iv.phase_encoding == "rows"
     H, W = iv.volume.shape[-2:][::-1] if transpose else iv.volume.shape[-2:]
@@ -253,20 +283,62 @@ def _mask_info(mask: MaskSpec, m: torch.Tensor) -> dict[str, Any]:
 
 
 def check_writable(out, fmt: str, overwrite: bool) -> None:
-    """Refuse (FileExistsError) an existing output -- a NIfTI file or its JSON sidecar, a
-    non-empty DICOM folder, an .h5 file -- unless ``overwrite``; also before any work is done."""
-    if overwrite:
-        return
+    """Before any work: refuse (FileExistsError) an existing output -- an .h5 file, a NIfTI file
+    or its JSON sidecar, a non-empty DICOM folder -- unless ``overwrite``; whatever ``overwrite``
+    says, a file where a DICOM folder goes, a folder where a file goes, and a DICOM folder
+    holding another series.  Then probe that the folder receiving the output takes new files
+    (`medrecon.datasets.publish.probe_writable`)."""
+    from medrecon.datasets.publish import OutputExistsError, probe_writable
+
     p = Path(out)
     if fmt == "dicom":
-        clash = p.is_file() or (p.is_dir() and any(p.iterdir()))
-    elif fmt == "nifti":
+        if os.path.lexists(p) and not p.is_dir():
+            raise FileExistsError(f"{printable(p)} is a file, not a DICOM series folder")
+        if p.is_dir() and any(p.iterdir()):
+            if not overwrite:
+                raise OutputExistsError(f"{printable(p)} exists and is not empty; pass "
+                                        "overwrite=True (--overwrite) to replace its series")
+            from medrecon.datasets.dicom import _series_files
+            _series_files(p)  # another series there is refused even with overwrite
+        probe_writable(p if p.is_dir() else _existing(p.parent))
+        return
+    if p.is_dir():
+        raise IsADirectoryError(f"{printable(p)} is a folder; the {fmt} output is a file")
+    if not overwrite:
+        for q in output_paths(p, fmt):
+            if os.path.lexists(q):
+                raise OutputExistsError(f"{printable(q)} exists; pass overwrite=True "
+                                        "(--overwrite) to replace it")
+    probe_writable(_existing(p.parent))
+
+
+def _existing(folder: Path) -> Path:
+    """``folder`` or its nearest existing ancestor (where creating ``folder`` needs write
+    permission)."""
+    while not folder.exists() and folder.parent != folder:
+        folder = folder.parent
+    return folder
+
+
+def output_paths(out, fmt: str) -> list[Path]:
+    """The paths writing ``out`` in ``fmt`` creates: the file (and a NIfTI file's JSON sidecar),
+    or the DICOM series folder."""
+    p = Path(out)
+    if fmt == "nifti":
         from medrecon.datasets.nifti import sidecar_path
-        clash = p.exists() or sidecar_path(p).exists()
-    else:
-        clash = p.exists()
-    if clash:
-        raise FileExistsError(f"{p} exists; pass overwrite=True (--overwrite) to replace it")
+        return [p, sidecar_path(p)]
+    return [p]
+
+
+def input_paths(src) -> list[Path]:
+    """The paths an input consists of: the file or series folder (and a NIfTI file's sidecar,
+    read as its metadata)."""
+    p = Path(src)
+    name = p.name.lower()
+    if name.endswith((".nii", ".nii.gz")):
+        from medrecon.datasets.nifti import sidecar_path
+        return [p, sidecar_path(p)]
+    return [p]
 
 
 _INPUT_SUFFIXES = (".nii.gz", ".nii", ".hdf5", ".h5", ".npz", ".npy", ".dcm")
@@ -337,18 +409,23 @@ def recon_affine(header: ISMRMRDHeader | None, recon_size: tuple[int, int], firs
 
 def _metadata(record: dict[str, Any]) -> dict[str, Any]:
     keys = ("method", "options", "nfe", "seconds", "seed", "mask", "file", "slices",
-            "input_format", "simulation")
-    return {"software": "medrecon", **{k: record.get(k) for k in keys}}
+            "input_format", "simulation", "prior", "medrecon_version")
+    meta = {"software": "medrecon", **{k: record.get(k) for k in keys}}
+    if meta["file"] is not None:  # the input's file name only, never its folders
+        meta["file"] = printable(Path(meta["file"]).name)
+    return meta
 
 
 def write_output(out, pred: np.ndarray, record: dict[str, Any], affine: np.ndarray,
                  fmt: str | None = None, overwrite: bool = False, *,
-                 reference=None) -> Path:
+                 reference=None, keep_phi: bool = False) -> Path:
     """Write magnitudes ``pred`` ``[slices, rx, ry]`` with the record's metadata (module doc).
 
     ``affine``: LPS for ``(k, r, c)``.  ``reference``: the source `DicomSeries` of exactly these
-    slices (a DICOM input); a DICOM output then keeps its geometry, patient and study and cites
-    the source images.  HDF5 outputs store the affine as the ``affine_lps`` attr (JSON).
+    slices (a DICOM input); a DICOM output then keeps its geometry, and its patient/study
+    identifiers (citing the source images) only with ``keep_phi`` (else it is de-identified,
+    `medrecon.datasets.dicom.write_dicom_series`).  HDF5 outputs store the
+    affine as the ``affine_lps`` attr (JSON).  Metadata name the input by its file name only.
     """
     from medrecon.datasets.geometry import lps_to_ras
 
@@ -361,9 +438,10 @@ def write_output(out, pred: np.ndarray, record: dict[str, Any], affine: np.ndarr
         return write_nifti(pred, out, lps_to_ras(affine), overwrite=overwrite, sidecar=meta)
     if fmt == "dicom":
         from medrecon.datasets.dicom import write_dicom_series
-        params = json.dumps({k: meta[k] for k in ("options", "nfe", "seconds", "seed", "mask")})
+        params = json.dumps({k: meta[k] for k in ("options", "nfe", "seconds", "seed", "mask", "slices",
+                                                   "prior", "medrecon_version")})
         geometry = {"affine": affine} if reference is None else {"reference": reference}
-        return write_dicom_series(pred, out, modality="MR", anonymize=reference is None,
+        return write_dicom_series(pred, out, modality="MR", anonymize=not keep_phi,
                                   series_description=f"medrecon {record['method']}",
                                   derivation_description=f"medrecon {record['method']} {params}",
                                   overwrite=overwrite, **geometry)

@@ -23,7 +23,7 @@ from medrecon.physics.coils import espirit
 from medrecon.physics.mri import check_mask
 from medrecon.registry import get_method, options_to_dict, resolve_options
 
-__all__ = ["ReconResult", "reconstruct", "acs_width", "validate_inputs"]
+__all__ = ["ReconResult", "reconstruct", "acs_width", "validate_inputs", "check_not_degenerate"]
 
 
 @dataclass
@@ -87,6 +87,21 @@ def validate_inputs(kspace, mask, smaps=None):
     return kspace, m
 
 
+def check_not_degenerate(y: torch.Tensor, m: torch.Tensor) -> None:
+    """Refuse measurements that carry no information (ValueError): a mask (of any slice)
+    sampling nothing, or k-space exactly zero on every sampled location of every slice of the
+    call.  Methods would return an all-zero image (or a scaled prior sample) with no error.  A
+    blank slice among others is valid data (its image is ~0; the methods clamp their scales)."""
+    ms = m.reshape(-1, m.shape[-2], m.shape[-1]).flatten(1).any(1)
+    if not bool(ms.all()):
+        i = int((~ms).nonzero()[0][0])
+        where = f" (mask {i} of {ms.numel()})" if ms.numel() > 1 else ""
+        raise ValueError(f"mask samples no k-space location{where}; nothing was measured")
+    if not bool((y != 0).any()):
+        raise ValueError("kspace is all zero on the sampled locations; an all-zero measurement "
+                         "has no image to reconstruct")
+
+
 def estimate_smaps(y: torch.Tensor, mask: torch.Tensor, method: str) -> torch.Tensor:
     """ESPIRiT maps from the fully sampled centre of ``y`` (>= 8 central lines, else a ValueError)."""
     acs = acs_width(mask)
@@ -107,6 +122,7 @@ def reconstruct(kspace: torch.Tensor, mask: torch.Tensor, method: str = "zero-fi
     opts = resolve_options(spec, options)
     kspace, m = validate_inputs(kspace, mask, smaps)
     y = kspace * m.unsqueeze(-3)
+    check_not_degenerate(y, m)
     t0 = time.perf_counter()
     if spec.needs_smaps and smaps is None:
         smaps = estimate_smaps(y, m, method)

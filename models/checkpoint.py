@@ -10,9 +10,13 @@ A checkpoint is a directory::
     rng.safetensors        RNG states for exact resumption (optional)
 
 ``load_checkpoint`` reads only JSON and safetensors (``safetensors.torch.load_file``), so a
-checkpoint from an untrusted source cannot run code.  Anything that does not fit -- unknown
-format version, missing or unexpected weights, wrong shapes, a prediction type other than the
-one requested -- raises ``ValueError`` naming the offending file.
+checkpoint from an untrusted source cannot run code, and it trusts nothing before it builds:
+``config.json`` is checked against the schema (``config_schema``), the network's size is computed
+by arithmetic and capped (``network_size``), every ``files`` entry must lie inside the folder and
+every safetensors header must hold exactly the network's names, shapes and dtypes
+(``weights_file``) -- all before a tensor is allocated.  Anything that does not fit raises
+``CheckpointConfigError`` (a ``ValueError``) naming the offending file and key; a prediction type
+other than the one requested raises ``ValueError``.
 
 Writes are atomic: everything goes into a hidden sibling directory that is renamed into place
 at the end, so a crash never leaves a half-written checkpoint; an existing checkpoint is only
@@ -31,17 +35,21 @@ from typing import Any
 import torch
 import torch.nn as nn
 
+from .config_schema import CheckpointConfigError, validate_checkpoint
+from .network_size import check_size, unet_size
 from .networks import UNetConfig, build_unet
+from .weights_file import checked_file, checked_weights, expected_state, load_tensors
 from .wrapper import PREDICTION_TYPES, DiffusionModel, is_ve
 
 __all__ = [
     "FORMAT", "VERSION", "Checkpoint", "save_checkpoint", "load_checkpoint", "load_model",
-    "schedule_to_dict", "schedule_from_dict",
+    "schedule_to_dict", "schedule_from_dict", "CheckpointConfigError", "MAX_CONFIG_BYTES",
 ]
 
 FORMAT = "medrecon-checkpoint"
 VERSION = 1
 CONFIG = "config.json"
+MAX_CONFIG_BYTES = 64_000_000  # a config with 100k betas is ~2.5 MB
 
 
 def schedule_to_dict(schedule: Any) -> dict[str, Any]:
@@ -160,23 +168,28 @@ def save_checkpoint(
         "files": {"model": "model.safetensors"},
         "extra": extra,
     }
+    if ema is not None:
+        cfg["files"]["ema"] = "ema.safetensors"
+    opt_tensors = None
+    if optimizer is not None:
+        opt_state = optimizer.state_dict() if isinstance(optimizer, torch.optim.Optimizer) else optimizer
+        opt_tensors, cfg["optimizer"] = _optimizer_split(opt_state)
+        cfg["files"]["optimizer"] = "optimizer.safetensors"
+    if rng:
+        cfg["files"]["rng"] = "rng.safetensors"
+    text = json.dumps(cfg, indent=1)  # not JSON-able: fails before anything is written
+    validate_checkpoint(json.loads(text), directory / CONFIG)  # what is written, load_checkpoint reads
     directory.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=f".{directory.name}.tmp-", dir=directory.parent))
     try:
         save_file(_state(model.net), str(tmp / "model.safetensors"))
         if ema is not None:
             save_file(_state(ema), str(tmp / "ema.safetensors"))
-            cfg["files"]["ema"] = "ema.safetensors"
-        if optimizer is not None:
-            opt_state = optimizer.state_dict() if isinstance(optimizer, torch.optim.Optimizer) else optimizer
-            tensors, meta = _optimizer_split(opt_state)
-            save_file(tensors, str(tmp / "optimizer.safetensors"))
-            cfg["files"]["optimizer"] = "optimizer.safetensors"
-            cfg["optimizer"] = meta
+        if opt_tensors is not None:
+            save_file(opt_tensors, str(tmp / "optimizer.safetensors"))
         if rng:
             save_file({k: v.detach().cpu().contiguous() for k, v in rng.items()}, str(tmp / "rng.safetensors"))
-            cfg["files"]["rng"] = "rng.safetensors"
-        finish_directory(tmp, directory, cfg)
+        finish_directory(tmp, directory, text)
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise
@@ -216,52 +229,36 @@ def finish_directory(tmp: Path, directory: Path, config: dict[str, Any] | str) -
 
 
 def read_config_json(directory: Path, what: str = "medrecon checkpoint") -> Any:
-    """The parsed ``config.json`` of a checkpoint folder; a clear error when missing or not JSON."""
+    """The parsed ``config.json`` of a checkpoint folder; a clear error when missing, too large or
+    not JSON (deep nesting and over-long integers included)."""
     file = directory / CONFIG
     if not file.is_file():
         raise FileNotFoundError(f"{file}: no checkpoint config (is {directory} a {what}?)")
+    size = file.stat().st_size
+    if size > MAX_CONFIG_BYTES:
+        raise CheckpointConfigError(f"{file}: {size} bytes, over the {MAX_CONFIG_BYTES} bytes a config may have")
     try:
-        return json.loads(file.read_text())
-    except json.JSONDecodeError as exc:
-        raise ValueError(f"{file}: not valid JSON ({exc})") from None
-
-
-def _read_config(directory: Path) -> dict[str, Any]:
-    file = directory / CONFIG
-    cfg = read_config_json(directory)
-    if not isinstance(cfg, dict) or cfg.get("format") != FORMAT:
-        raise ValueError(f"{file}: not a medrecon checkpoint (format {cfg.get('format') if isinstance(cfg, dict) else None!r})")
-    if cfg.get("version") != VERSION:
-        raise ValueError(f"{file}: unsupported checkpoint version {cfg.get('version')!r}; this medrecon reads {VERSION}")
-    for key in ("network", "schedule", "prediction_type", "files"):
-        if key not in cfg:
-            raise ValueError(f"{file}: missing entry {key!r}")
-    return cfg
-
-
-def _load_tensors(file: Path, device: str | torch.device) -> dict[str, torch.Tensor]:
-    from safetensors.torch import load_file
-
-    if not file.is_file():
-        raise FileNotFoundError(f"{file}: file listed in the checkpoint config is missing")
-    try:
-        return load_file(str(file), device=str(device))
-    except Exception as exc:  # safetensors raises its own error types on corrupt files
-        raise ValueError(f"{file}: cannot read safetensors ({exc})") from None
+        return json.loads(file.read_bytes())
+    except (ValueError, RecursionError) as exc:  # JSONDecodeError, UnicodeDecodeError, int digits limit
+        raise CheckpointConfigError(f"{file}: not valid JSON ({str(exc)[:120]})") from None
 
 
 def _check_state(expected: dict[str, torch.Tensor], got: dict[str, torch.Tensor], file: Path) -> None:
+    """Refuse ``got`` unless it has exactly the names, shapes and dtypes of ``expected`` (never cast)."""
     missing = sorted(set(expected) - set(got))
     unexpected = sorted(set(got) - set(expected))
     if missing or unexpected:
-        raise ValueError(
+        raise CheckpointConfigError(
             f"{file}: weights do not match the network in config.json "
             f"(missing {missing[:5]}{'...' if len(missing) > 5 else ''}, "
             f"unexpected {unexpected[:5]}{'...' if len(unexpected) > 5 else ''})"
         )
     for k, v in expected.items():
         if tuple(got[k].shape) != tuple(v.shape):
-            raise ValueError(f"{file}: weight {k!r} has shape {tuple(got[k].shape)}, the network expects {tuple(v.shape)}")
+            raise CheckpointConfigError(f"{file}: weight {k!r} has shape {tuple(got[k].shape)}, the network "
+                                        f"expects {tuple(v.shape)}")
+        if got[k].dtype != v.dtype:
+            raise CheckpointConfigError(f"{file}: weight {k!r} is {got[k].dtype}, the network expects {v.dtype}")
 
 
 def load_checkpoint(
@@ -275,49 +272,35 @@ def load_checkpoint(
     loaded as a v-model; ask the wrapper for another prediction instead).
     """
     directory = Path(directory)
-    cfg = _read_config(directory)
     file = directory / CONFIG
     if prediction_type is not None and prediction_type not in PREDICTION_TYPES:
         raise ValueError(f"prediction_type: expected one of {PREDICTION_TYPES}, got {prediction_type!r}")
-    if cfg["prediction_type"] not in PREDICTION_TYPES:
-        raise ValueError(f"{file}: unknown prediction type {cfg['prediction_type']!r}; expected one of "
-                         f"{PREDICTION_TYPES}")
+    cfg = read_config_json(directory)
+    net_cfg, files = validate_checkpoint(cfg, file)  # 1. schema: types, ranges, keys
+    size = unet_size(net_cfg)
+    check_size(size, str(file), CheckpointConfigError)  # 2. arithmetic size cap
     if prediction_type is not None and cfg["prediction_type"] != prediction_type:
         raise ValueError(
             f"{file}: checkpoint predicts {cfg['prediction_type']!r}, but {prediction_type!r} was requested "
             f"(the network was trained for {cfg['prediction_type']!r}; load it as such and ask the "
             f"DiffusionModel for other predictions with .predict(kind, x, t))"
         )
-    if cfg["network"].get("type") != "monai.DiffusionModelUNet":
-        raise ValueError(f"{file}: unknown network type {cfg['network'].get('type')!r}")
-    try:
-        net_cfg = UNetConfig.from_dict(cfg["network"]["config"])
-        schedule = schedule_from_dict(cfg["schedule"])
-    except (ValueError, KeyError, TypeError) as exc:
-        raise ValueError(f"{file}: invalid network/schedule config ({exc})") from None
+    # 3. files inside the folder, headers equal to the network's state dict (built on `meta`)
+    expected = expected_state(lambda: build_unet(net_cfg), file)
+    wfile = checked_weights(directory, files, "model", file, expected, size.params)
+    efile = checked_weights(directory, files, "ema", file, expected, size.params) if "ema" in files else None
+    ofile = (checked_file(directory, files, "optimizer", file, 4 * size.params + 10 ** 6)
+             if "optimizer" in files else None)
+    rfile = checked_file(directory, files, "rng", file, 10 ** 7) if "rng" in files else None
+    # 4. only now: build and load
+    schedule = schedule_from_dict(cfg["schedule"])
     net = build_unet(net_cfg)
     model = DiffusionModel(net, schedule, cfg["prediction_type"], network_config=net_cfg)
-    expected = net.state_dict()
-    files = cfg["files"]
-
-    wfile = directory / files.get("model", "model.safetensors")
-    weights = _load_tensors(wfile, "cpu")
-    _check_state(expected, weights, wfile)
-    net.load_state_dict(weights)
+    net.load_state_dict(load_tensors(wfile, "cpu"))
     net.to(map_location)
-
-    ema = None
-    if "ema" in files:
-        efile = directory / files["ema"]
-        ema = _load_tensors(efile, map_location)
-        _check_state(expected, ema, efile)
-    optimizer = None
-    if "optimizer" in files:
-        ofile = directory / files["optimizer"]
-        if "optimizer" not in cfg:
-            raise ValueError(f"{file}: optimizer tensors listed but no 'optimizer' entry")
-        optimizer = _optimizer_join(_load_tensors(ofile, map_location), cfg["optimizer"], ofile)
-    rng = _load_tensors(directory / files["rng"], "cpu") if "rng" in files else {}
+    ema = load_tensors(efile, map_location) if efile is not None else None
+    optimizer = _optimizer_join(load_tensors(ofile, map_location), cfg["optimizer"], ofile) if ofile else None
+    rng = load_tensors(rfile, "cpu") if rfile is not None else {}
     return Checkpoint(
         model=model, network_config=net_cfg, step=int(cfg.get("step", 0)), ema=ema,
         optimizer=optimizer, rng=rng, timestep_shifts=cfg.get("timestep_shifts"),

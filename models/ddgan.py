@@ -33,8 +33,7 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from .checkpoint import (_check_state, _load_tensors, _optimizer_join, _optimizer_split, _state, finish_directory,
-                         read_config_json)
+from .checkpoint import _optimizer_join, _optimizer_split, _state, finish_directory, read_config_json
 from .networks import UNetConfig, build_unet, unet_config
 from .wrapper import from_channels, to_channels
 
@@ -398,40 +397,39 @@ def save_ddgan(directory: str | os.PathLike, G: Generator, D: Discriminator, *, 
 
 
 def load_ddgan(directory: str | os.PathLike, map_location: str | torch.device = "cpu") -> DDGANCheckpoint:
-    """Rebuild G and D from ``config.json`` and load the safetensors weights (no code executed)."""
+    """Rebuild G and D from ``config.json`` and load the safetensors weights (no code executed).
+    Nothing is built before the config passed the schema (``config_schema.validate_ddgan``) and the
+    size cap (``network_size``), and every weights header matched the networks (``weights_file``)."""
+    from .config_schema import CheckpointConfigError, validate_ddgan
+    from .network_size import check_size, discriminator_size, generator_size
+    from .weights_file import checked_file, checked_weights, expected_state, load_tensors
+
     directory = Path(directory)
     file = directory / "config.json"
     meta = read_config_json(directory, "DDGAN checkpoint")
     if not isinstance(meta, dict) or meta.get("format") != FORMAT:
         got = meta.get("format") if isinstance(meta, dict) else None
-        raise ValueError(f"{file}: not a DDGAN checkpoint (format {got!r}, expected {FORMAT!r}; a diffusion "
-                         f"prior from `medrecon train` is not a DDGAN generator)")
-    if meta.get("version") != VERSION:
-        raise ValueError(f"{file}: unsupported DDGAN checkpoint version {meta.get('version')!r}")
-    try:
-        cfg = DDGANConfig.from_dict(meta["config"])
-    except (KeyError, TypeError, ValueError) as exc:
-        raise ValueError(f"{file}: invalid DDGAN config ({exc})") from None
-    G, D = build_ddgan(cfg)
-    files = meta.get("files", {})
-    loaded: dict[str, Any] = {}
-    for name, net in (("generator", G), ("discriminator", D), ("ema", G)):
-        if name not in files:
-            if name != "ema":
-                raise ValueError(f"{file}: missing entry files.{name}")
-            continue
-        wfile = directory / files[name]
-        weights = _load_tensors(wfile, "cpu")
-        _check_state(net.state_dict(), weights, wfile)
-        loaded[name] = weights
-    G.load_state_dict(loaded["generator"])
-    D.load_state_dict(loaded["discriminator"])
-    opts = {}
+        raise CheckpointConfigError(f"{file}: not a DDGAN checkpoint (format {got!r}, expected {FORMAT!r}; a "
+                                    f"diffusion prior from `medrecon train` is not a DDGAN generator)")
+    cfg, files = validate_ddgan(meta, file)
+    sizes = {"generator": generator_size(cfg), "discriminator": discriminator_size(cfg)}
+    for name, size in sizes.items():
+        check_size(size, f"{file} ({name})", CheckpointConfigError)
+    expected = {"generator": expected_state(lambda: Generator(cfg), file),
+                "discriminator": expected_state(lambda: Discriminator(cfg), file)}
+    paths = {name: checked_weights(directory, files, name, file, expected[net], sizes[net].params)
+             for name, net in (("generator", "generator"), ("discriminator", "discriminator"), ("ema", "generator"))
+             if name in files}
+    n_params = sizes["generator"].params + sizes["discriminator"].params
     for name in ("opt_g", "opt_d"):
         if name in files:
-            ofile = directory / files[name]
-            opts[name] = _optimizer_join(_load_tensors(ofile, map_location), meta[name], ofile)
-    ema = {k: v.to(map_location) for k, v in loaded["ema"].items()} if "ema" in loaded else None
+            paths[name] = checked_file(directory, files, name, file, 4 * n_params + 10 ** 6)
+    G, D = build_ddgan(cfg)
+    G.load_state_dict(load_tensors(paths["generator"], "cpu"))
+    D.load_state_dict(load_tensors(paths["discriminator"], "cpu"))
+    opts = {name: _optimizer_join(load_tensors(paths[name], map_location), meta[name], paths[name])
+            for name in ("opt_g", "opt_d") if name in paths}
+    ema = load_tensors(paths["ema"], map_location) if "ema" in paths else None
     return DDGANCheckpoint(G.to(map_location), D.to(map_location), cfg, int(meta.get("step", 0)), ema,
                            opts.get("opt_g"), opts.get("opt_d"), meta.get("extra", {}), directory)
 

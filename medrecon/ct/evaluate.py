@@ -55,9 +55,11 @@ def ct_metrics(ndct: torch.Tensor, pred: torch.Tensor) -> dict[str, float]:
     g = gt_hu.clamp(lo, hi).numpy()[:, 0]
     p = pr_hu.clamp(lo, hi).numpy()[:, 0]
     mse = float(np.mean((g - p) ** 2))
-    psnr = float("inf") if mse == 0 else 10 * math.log10((hi - lo) ** 2 / mse)
     ssim = float(np.mean([structural_similarity(a, b, data_range=hi - lo) for a, b in zip(g, p)]))
-    return {"rmse_hu": rmse, "psnr": psnr, "ssim": ssim}
+    if mse == 0:  # JSON records never hold Infinity: null with the reason
+        return {"rmse_hu": rmse, "psnr": None, "ssim": ssim,
+                "reason": "prediction equals the reference in the window (PSNR infinite)"}
+    return {"rmse_hu": rmse, "psnr": 10 * math.log10((hi - lo) ** 2 / mse), "ssim": ssim}
 
 
 Method = Callable[[torch.Tensor], tuple[torch.Tensor, int]]

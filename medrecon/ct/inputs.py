@@ -156,6 +156,12 @@ def geometry_from_attrs(attrs: dict, n_angles: int, n_det: int, where: str):
     px = _scalar(attrs, "pixel_size", None) or _scalar(attrs, "pixel_size_mm", 1.0)
     n = _scalar(attrs, "image_size", n_det, int)
     ds = _scalar(attrs, "detector_spacing", px)
+    for key, v in (("pixel_size", px), ("detector_spacing", ds)):
+        if not (math.isfinite(v) and v > 0):
+            raise ValueError(f"{where}: attribute {key} must be a positive length (mm), got {v}")
+    if not 2 <= n <= max(8192, 4 * n_det):
+        raise ValueError(f"{where}: attribute image_size must be in [2, max(8192, 4 x "
+                         f"n_detectors)], got {n}")
     info: dict[str, Any] = {"geometry": kind, "n_angles": n_angles, "n_detectors": n_det,
                             "image_size": n, "pixel_size_mm": px, "detector_spacing_mm": ds,
                             "angles_first_last_deg": [float(np.degrees(angles[0])),
@@ -182,20 +188,54 @@ def _full_fan(geo) -> bool:
 
 
 # ------------------------------------------------------------------------------- reading
+def _npy(path: Path) -> np.ndarray:
+    """A ``.npy`` array, its declared size checked against the file and the read cap first
+    (memory-mapping fails when the header claims more bytes than the file holds)."""
+    from medrecon.datasets.limits import check_read_size
+
+    m = np.load(path, mmap_mode="r", allow_pickle=False)
+    check_read_size(m.nbytes, f"array {m.dtype} {m.shape}", path)
+    return np.array(m)
+
+
+def _npz_member(z, name: str, path: Path) -> np.ndarray:
+    """One ``.npz`` member, its header's declared size checked against the member's size in the
+    zip directory and the read cap before numpy allocates it."""
+    from medrecon.datasets.limits import check_read_size
+
+    info = z.zip.getinfo(name + ".npy")
+    with z.zip.open(info) as fh:
+        version = np.lib.format.read_magic(fh)
+        shape, _, dtype = (np.lib.format.read_array_header_1_0(fh) if version == (1, 0)
+                           else np.lib.format.read_array_header_2_0(fh))
+        head = fh.tell()
+    nbytes = int(np.prod(shape, dtype=object)) * dtype.itemsize
+    check_read_size(nbytes, f"array {name!r} {dtype} {shape}", path)
+    if head + nbytes > info.file_size:
+        raise ValueError(f"{path}: array {name!r} declares {dtype} {shape} ({nbytes} bytes) but its "
+                         f"zip member holds {info.file_size - head} (corrupt file)")
+    return z[name]
+
+
 def _read_arrays(path: Path) -> tuple[dict[str, np.ndarray], dict]:
     name = path.name.lower()
     if name.endswith(".npy"):
-        return {"sinogram": np.load(path, allow_pickle=False)}, {}
+        return {"sinogram": _npy(path)}, {}
     if name.endswith(".npz"):
         with np.load(path, allow_pickle=False) as z:
-            arrays = {k: z[k] for k in z.files}
+            arrays = {k: _npz_member(z, k, path) for k in z.files}
         data = {k: arrays.pop(k) for k in list(arrays) if k in _DATA_KEYS + ("reference_hu", "image_hu")}
         return data, arrays
     import h5py
 
+    from medrecon.datasets.limits import check_h5_dataset
+
     with h5py.File(path, "r") as f:
-        data = {k: np.asarray(f[k]) for k in _DATA_KEYS + ("reference_hu", "angles")
-                if k in f and isinstance(f[k], h5py.Dataset)}
+        data = {}
+        for k in _DATA_KEYS + ("reference_hu", "angles"):
+            if k in f and isinstance(f[k], h5py.Dataset):
+                check_h5_dataset(f[k], path, k)
+                data[k] = np.asarray(f[k])
         attrs = {k: f.attrs[k] for k in f.attrs}
     if "angles" in data:
         attrs["angles"] = data.pop("angles")
@@ -213,8 +253,26 @@ def read_ct_input(path, options: dict, slices: str | None = None) -> CTScan:
     if not p.exists():
         raise FileNotFoundError(f"{p}: no such file or folder")
     if p.is_file() and p.name.lower().endswith(SINOGRAM_SUFFIXES):
-        return _read_sinogram_file(p, slices)
+        return _read_sinogram_checked(p, slices)
     return _read_dicom(p, options, slices)
+
+
+def _read_sinogram_checked(p: Path, slices) -> CTScan:
+    """`_read_sinogram_file` with every error of a corrupt file as a ValueError naming ``p``
+    (numpy, zipfile and h5py raise many types on truncated or bit-flipped files)."""
+    import tokenize
+    import zipfile
+
+    try:
+        return _read_sinogram_file(p, slices)
+    except ValueError as exc:
+        if str(p) in str(exc):
+            raise
+        raise ValueError(f"{p}: {exc}") from None
+    except (OSError, EOFError, zipfile.BadZipFile, KeyError, TypeError, IndexError,
+            OverflowError, RuntimeError, SyntaxError, tokenize.TokenError) as exc:  # npy header
+        raise ValueError(f"{p}: not a readable sinogram file ({type(exc).__name__}: {exc})") \
+            from None
 
 
 def _read_sinogram_file(p: Path, slices) -> CTScan:
@@ -230,13 +288,17 @@ def _read_sinogram_file(p: Path, slices) -> CTScan:
     y = np.asarray(data[key])
     if y.ndim == 2:
         y = y[None]
-    if y.ndim != 3 or min(y.shape) < 1 or not np.issubdtype(y.dtype, np.number) or np.iscomplexobj(y):
+    if (y.ndim != 3 or min(y.shape) < 1 or not np.issubdtype(y.dtype, np.number)
+            or np.iscomplexobj(y)):
         raise ValueError(f"{p}: {key} must be a real array [n_angles, n_detectors] or [slices, "
                          f"n_angles, n_detectors], got {y.dtype} {y.shape}")
     rows = parse_slices(slices, y.shape[0])
     y = torch.from_numpy(_select(y, rows).astype(np.float64))
     if not torch.isfinite(y).all():
         raise ValueError(f"{p}: {key} contains NaN or Inf")
+    if not bool((y != 0).any()) and key != "counts":
+        raise ValueError(f"{p}: {key} is all zero (no attenuation measured); there is nothing "
+                         "to reconstruct")
     geo, info = geometry_from_attrs(attrs, y.shape[1], y.shape[2], str(p))
     if key == "counts":
         if "i0" not in attrs:

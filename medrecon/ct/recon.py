@@ -24,8 +24,8 @@ The networks need slices of the size they were trained at (checked).  Outputs: `
 ``.nii``/``.nii.gz`` file (NIfTI in HU + JSON sidecar), a ``.h5`` file (dataset
 ``reconstruction`` in HU + the record as attrs) or a folder (``--format dicom``, the default for a
 folder: a derived CT series in HU with SeriesDescription ``medrecon <method>`` and the options,
-NFE, time and seed in DerivationDescription; a DICOM input's geometry, patient and study are
-kept).  Existing outputs are refused before any work unless ``--overwrite``; all writes are
+NFE, time and seed in DerivationDescription; a DICOM input's geometry is kept and its patient
+and study are de-identified unless ``--keep-phi``, `medrecon.datasets.deid`).  Existing outputs are refused before any work unless ``--overwrite``; all writes are
 atomic.  ``--json`` prints one record per input with the MRI schema of `medrecon.pipeline`
 (``mask`` null, ``simulation`` the dose simulation, ``metrics`` = ``{"rmse_hu", "psnr",
 "ssim"}`` of `medrecon.ct.evaluate.ct_metrics` against the reference when there is one) plus
@@ -244,13 +244,17 @@ def _check_writable(out: Path, fmt: str, overwrite: bool) -> None:
 
 
 def write_ct_output(out: Path, fmt: str, hu: np.ndarray, record: dict, scan: CTScan,
-                    overwrite: bool) -> Path:
-    """Write the HU volume with the record's metadata (module doc); atomic."""
+                    overwrite: bool, keep_phi: bool = False) -> Path:
+    """Write the HU volume with the record's metadata (module doc); atomic.  A DICOM output is
+    de-identified (`medrecon.datasets.deid`) unless ``keep_phi``; every output records the
+    input's file name, never its path."""
     from medrecon.datasets.geometry import lps_to_ras
 
     meta = {"software": "medrecon", "units": "HU",
             **{k: record.get(k) for k in ("method", "options", "nfe", "seconds", "seed", "file",
                                           "slices", "input_format", "simulation", "geometry")}}
+    if meta["file"] is not None:
+        meta["file"] = Path(str(meta["file"])).name
     if fmt == "nifti":
         from medrecon.datasets.nifti import write_nifti
         return write_nifti(hu, out, lps_to_ras(scan.affine), overwrite=overwrite, sidecar=meta)
@@ -259,7 +263,7 @@ def write_ct_output(out: Path, fmt: str, hu: np.ndarray, record: dict, scan: CTS
         params = json.dumps({k: meta[k] for k in ("options", "nfe", "seconds", "seed", "simulation")})
         geometry = {"reference": scan.series} if scan.series is not None else {"affine": scan.affine}
         return write_dicom_series(np.rint(hu).clip(-1024, None), out, modality="CT",
-                                  anonymize=scan.series is None,
+                                  anonymize=not keep_phi,
                                   series_description=f"medrecon {record['method']}",
                                   derivation_description=f"medrecon {record['method']} (HU) {params}",
                                   window=(40.0, 400.0), overwrite=overwrite, **geometry)
@@ -278,6 +282,8 @@ def write_ct_output(out: Path, fmt: str, hu: np.ndarray, record: dict, scan: CTS
 def run_cli(args, inputs: list[Path]) -> int:
     """``medrecon recon`` on CT inputs (namespace fields: method, out, format, overwrite, json,
     option, device, sample_seed, quiet, slices, batch_size).  Returns 0, or 1 if an input failed."""
+    from medrecon.metrics import fmt_metric
+
     method = args.method
     options = _parse_options(method, list(getattr(args, "option", []) or []))
     device = torch.device(getattr(args, "device", None) or "cpu")
@@ -308,17 +314,18 @@ def run_cli(args, inputs: list[Path]) -> int:
                       "units": "HU", "geometry": scan.info}
             if out is not None:
                 record["output"] = str(write_ct_output(out, fmt, hu, record, scan,
-                                                       bool(getattr(args, "overwrite", False))))
+                                                       bool(getattr(args, "overwrite", False)),
+                                                       bool(getattr(args, "keep_phi", False))))
         except (ValueError, OSError, KeyError, RuntimeError) as exc:
             failed += 1
             print(f"medrecon recon: error: {src}: {exc}", file=sys.stderr)
             continue
         if getattr(args, "json", False):
-            print(json.dumps(record), flush=True)
+            print(json.dumps(record, allow_nan=False), flush=True)
         elif not getattr(args, "quiet", False):
             m = record["metrics"]
-            score = (f"RMSE {m['rmse_hu']:.1f} HU  PSNR {m['psnr']:.2f} dB  SSIM {m['ssim']:.4f}"
-                     if m else "no reference")
+            score = (f"RMSE {m['rmse_hu']:.1f} HU  PSNR {fmt_metric(m['psnr'], '.2f')} dB  "
+                     f"SSIM {m['ssim']:.4f}" if m else "no reference")
             dest = f" -> {record['output']}" if record["output"] else ""
             print(f"{src.name}: {method} {record['seconds']:.2f} s  {score}{dest}")
     return 1 if failed else 0

@@ -1,13 +1,19 @@
 """`medrecon batch` / `medrecon.batch.run_batch`: a local Ray cluster on CPU and the in-process
 fallback, on tiny demo volumes (zero-filled: the cost is Ray's, not the reconstruction's)."""
 import json
+import os
+import signal
+import subprocess
 import sys
 import textwrap
+import time
 
 import h5py
 import numpy as np
 import pytest
 
+import medrecon
+from medrecon.datasets import publish
 from medrecon.batch import FAILURES_FILE, STATE_DIR, run_batch
 from medrecon.cli.main import main
 from medrecon.datasets.demo import make_demo_file
@@ -221,19 +227,160 @@ def test_other_settings_and_foreign_outputs_are_not_skipped(no_ray, volumes, tmp
     (r,) = run_batch([first], out, "zero-filled", MaskSpec(acceleration=3),
                      overwrite=True).results
     assert r.status == "done" and r.record["mask"]["acceleration"] == 3
-    # a crash between the output's rename and its marker's: the output is adopted
+    # a crash between the output's rename and its marker's: the output is adopted, because its
+    # own metadata records exactly these settings ...
     (out / STATE_DIR / "done" / "vol0.h5.json").unlink()
     (r,) = run_batch([first], out, "zero-filled", MaskSpec(acceleration=3)).results
     assert r.status == "skipped" and (out / STATE_DIR / "done" / "vol0.h5.json").is_file()
+    # ... and never by a batch with other settings (it was made at 3x, this batch asks 8x)
+    (out / STATE_DIR / "done" / "vol0.h5.json").unlink()
+    made = (out / "vol0.h5").read_bytes()
+    (r,) = run_batch([first], out, "zero-filled", MaskSpec(acceleration=8)).results
+    assert r.status == "failed" and "mask" in r.error and "overwrite" in r.error
+    assert (out / "vol0.h5").read_bytes() == made
+    assert not (out / STATE_DIR / "done" / "vol0.h5.json").exists()
     # ... but not a file that is no output of this method
     (out / "vol1.h5").write_bytes(b"someone else's file")
     (r,) = run_batch([volumes / "vol1.h5"], out, "zero-filled", MASK).results
     assert r.status == "failed" and "overwrite" in r.error
     assert (out / "vol1.h5").read_bytes() == b"someone else's file"
     # debris of a writer killed mid-write is cleaned when the volume is redone
-    (out / ".vol1.h5.abc123.tmp").write_bytes(b"half")
+    dead = subprocess.Popen([sys.executable, "-c", "pass"])
+    dead.wait()
+    debris = publish.temp_path(out / "vol1.h5")
+    debris = debris.with_name(debris.name.replace(f"-{os.getpid()}-", f"-{dead.pid}-"))
+    debris.write_bytes(b"half")
     (r,) = run_batch([volumes / "vol1.h5"], out, "zero-filled", MASK, overwrite=True).results
-    assert r.status == "done" and not list(out.glob(".vol1.h5.*"))
+    assert r.status == "done" and not debris.exists()
+
+
+def test_resume_compares_prior_and_version(no_ray, volumes, tmp_path, monkeypatch):
+    import medrecon.batch as batch
+
+    out = tmp_path / "out"
+    (r,) = run_batch([volumes / "vol0.h5"], out, "zero-filled", MASK).results
+    saved = json.loads((out / STATE_DIR / "done" / "vol0.h5.json").read_text())["settings"]
+    assert saved["version"] == medrecon.__version__ and saved["prior"] is None
+    assert _recon(out / "vol0.h5")[1]["medrecon_version"] == medrecon.__version__
+    monkeypatch.setattr(batch, "medrecon_version", lambda: "99.0")  # an upgraded medrecon
+    (r,) = run_batch([volumes / "vol0.h5"], out, "zero-filled", MASK).results
+    assert r.status == "failed" and "version" in r.error
+    (r,) = run_batch([volumes / "vol0.h5"], out, "zero-filled", MASK, overwrite=True).results
+    assert r.status == "done"
+
+
+def test_prior_digest_follows_the_weights(tmp_path):
+    from medrecon.provenance import prior_digest
+
+    assert prior_digest({"max_iter": 10}) is None
+    shipped = prior_digest({"checkpoint": ""})
+    assert shipped == prior_digest({"checkpoint": ""}) != prior_digest({"checkpoint": "brain128-vp"})
+    ckpt = tmp_path / "ckpt"
+    ckpt.mkdir()
+    (ckpt / "config.json").write_text("{}")
+    (ckpt / "model.safetensors").write_bytes(b"weights one")
+    one = prior_digest({"checkpoint": str(ckpt)})
+    (ckpt / "model.safetensors").write_bytes(b"weights two")  # retrained in place
+    assert prior_digest({"checkpoint": str(ckpt)}) != one
+
+
+def test_inputs_are_never_outputs(no_ray, volumes, tmp_path):
+    work = tmp_path / "data"
+    work.mkdir()
+    for p in volumes.glob("*.h5"):
+        (work / p.name).write_bytes(p.read_bytes())
+    before = {p.name: p.read_bytes() for p in work.iterdir()}
+    for extra in ([], ["--overwrite"]):
+        assert main(["batch", str(work), "--out", str(work), "--method", "zero-filled",
+                     *MASK_ARGS, *extra]) == 2
+        assert main(["batch", str(work), "--out", str(work / "recon"), "--method",
+                     "zero-filled", *MASK_ARGS, *extra]) == 2
+    assert {p.name: p.read_bytes() for p in work.iterdir()} == before
+    with pytest.raises(ValueError, match="is the input"):
+        run_batch([work / "vol0.h5"], work, "zero-filled", MASK, overwrite=True)
+
+
+def test_reaper_stops_what_a_killed_driver_left(tmp_path):
+    """A driver killed with SIGKILL: the process tree it registered (a child that starts a
+    grandchild, as the raylet starts its agents) is stopped by the reaper."""
+    pidfile = tmp_path / "pids"
+    driver = textwrap.dedent(f'''
+        import subprocess, sys, time
+        from medrecon.batch_reaper import start_reaper
+        reaper = start_reaper()
+        child = subprocess.Popen([sys.executable, "-c",
+            "import subprocess, sys, time; g = subprocess.Popen([sys.executable, '-c', "
+            "'import time; time.sleep(120)']); print(g.pid, flush=True); time.sleep(120)"],
+            stdout=subprocess.PIPE, text=True)
+        grandchild = int(child.stdout.readline())
+        reaper.watch([child.pid])
+        open({str(pidfile)!r}, "w").write(f"{{child.pid}} {{grandchild}} {{reaper.pid}}")
+        time.sleep(120)
+    ''')
+    proc = subprocess.Popen([sys.executable, "-c", driver])
+    deadline = time.time() + 60
+    while not (pidfile.exists() and pidfile.read_text()) and time.time() < deadline:
+        time.sleep(0.1)
+    child, grandchild, reaper = map(int, pidfile.read_text().split())
+    time.sleep(1.5)  # the reaper's poll sees the grandchild
+    proc.kill()
+    proc.wait()
+    deadline = time.time() + 20
+    while time.time() < deadline and any(_running(p) for p in (child, grandchild, reaper)):
+        time.sleep(0.2)
+    assert not any(_running(p) for p in (child, grandchild, reaper))
+
+
+def _running(pid: int) -> bool:
+    psutil = pytest.importorskip("psutil")
+    try:
+        return psutil.Process(pid).status() != psutil.STATUS_ZOMBIE
+    except psutil.NoSuchProcess:
+        return False
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("sig", ["SIGTERM", "SIGKILL"])
+def test_no_ray_process_outlives_the_batch(volumes, tmp_path, sig):
+    """A real `medrecon batch` with its own local Ray instance, stopped mid-run."""
+    psutil = pytest.importorskip("psutil")
+    pytest.importorskip("ray")
+    sleeper = tmp_path / "sleep_plugin.py"
+    sleeper.write_text(textwrap.dedent('''
+        import time
+        from dataclasses import dataclass
+        from medrecon.registry import register_method
+
+        @dataclass
+        class SleepOptions:
+            pass
+
+        @register_method("test-sleep", SleepOptions, "test only: sleep")
+        def sleep(kspace, mask, smaps, opts, generator):
+            time.sleep(300)
+    '''))
+    cmd = [sys.executable, "-m", "medrecon.cli", "batch", str(volumes), "--out",
+           str(tmp_path / "out"), "--method", "test-sleep", "--plugin", str(sleeper),
+           *MASK_ARGS, "--local-cpus", "1"]
+    proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    deadline = time.time() + 120
+    while time.time() < deadline:
+        names = []
+        for c in psutil.Process(proc.pid).children(recursive=True):
+            try:
+                names.append(" ".join(c.cmdline()))
+            except psutil.Error:
+                pass
+        if any("_run_volume" in n for n in names):  # a task is running
+            break
+        time.sleep(0.5)
+    family = psutil.Process(proc.pid).children(recursive=True)
+    os.kill(proc.pid, getattr(signal, sig))
+    code = proc.wait(timeout=60)
+    if sig == "SIGTERM":
+        assert code == 143
+    gone, alive = psutil.wait_procs(family, timeout=30)
+    assert not [p for p in alive if p.status() != psutil.STATUS_ZOMBIE]
 
 
 @pytest.mark.parametrize("fmt,name", [("nifti", "vol0.nii.gz"), ("dicom", "vol0")])
@@ -243,10 +390,10 @@ def test_nifti_and_dicom_outputs_resume(no_ray, volumes, tmp_path, fmt, name):
     assert r.status == "done" and r.output == str(out / name)
     (out / STATE_DIR / "done" / f"{name}.json").unlink()  # crash before the marker
     (r,) = run_batch([volumes / "vol0.h5"], out, "zero-filled", MASK, out_format=fmt).results
-    assert r.status == "skipped"  # adopted: its metadata names the method
+    assert r.status == "skipped"  # adopted: its metadata records exactly these settings
     (out / STATE_DIR / "done" / f"{name}.json").unlink()
     (r,) = run_batch([volumes / "vol0.h5"], out, "cg-sense", MASK, out_format=fmt).results
-    assert r.status == "failed" and "not completed by a batch with method 'cg-sense'" in r.error
+    assert r.status == "failed" and "no done marker" in r.error and "method" in r.error
 
 
 def test_bad_arguments_fail_before_running(no_ray, volumes, tmp_path):

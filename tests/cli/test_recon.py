@@ -11,7 +11,7 @@ from medrecon.datasets.fastmri import FastMRIFile, write_fastmri
 from medrecon.physics.masks import make_mask
 
 KEYS = {"file", "method", "options", "nfe", "seconds", "seconds_per_slice", "slices", "shape",
-        "recon_size", "mask", "seed", "output", "metrics", "input_format", "simulation"}
+        "recon_size", "mask", "seed", "output", "metrics", "input_format", "simulation", "prior", "medrecon_version"}
 # 64 columns: the default centre fraction 0.08 keeps 5 ACS lines, too few for ESPIRiT.
 ACS = ["--center-fraction", "0.16"]
 

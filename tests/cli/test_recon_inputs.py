@@ -89,7 +89,8 @@ def _zero_filled_reference(vol, mask, transpose=False):
 def test_dicom_in_dicom_out_keeps_geometry_patient_and_metadata(dicom_dir, tmp_path, capsys):
     out = tmp_path / "rec"
     assert main(["recon", str(dicom_dir), "--method", "zero-filled", "--format", "dicom",
-                 "--out", str(out), "--json", "--quiet", "--sample-seed", "4", *ACS]) == 0
+                 "--out", str(out), "--json", "--quiet", "--sample-seed", "4", "--keep-phi",
+                 *ACS]) == 0
     (rec,) = _json(capsys)
     src, res = read_dicom_series(dicom_dir), read_dicom_series(out)
     assert rec["input_format"] == "dicom" and rec["shape"] == [S, H, W]

@@ -226,6 +226,6 @@ def test_network_methods(dicom_ct, sino_file, tiny_checkpoints, tmp_path, capsys
     assert rc == 0 and json.loads(o.out)["metrics"] is None
     # wrong size for the networks: clear error
     p = tmp_path / "big.npy"
-    np.save(p, np.zeros((1, 24, 16), np.float32))
+    np.save(p, np.ones((1, 24, 16), np.float32))
     rc, o = _run(capsys, p, "--method", "pixel-ddpm", "-o", f"checkpoint={tiny_checkpoints / 'pixel'}")
     assert rc == 1 and "trained on 32 x 32" in o.err

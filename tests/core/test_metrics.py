@@ -41,7 +41,8 @@ def test_monotone_in_noise_and_identity():
     assert scores[0]["ssim"] > scores[1]["ssim"] > scores[2]["ssim"]
     assert scores[0]["nmse"] < scores[1]["nmse"] < scores[2]["nmse"]
     same = evaluate(gt, gt)
-    assert same["nmse"] == 0 and same["ssim"] == pytest.approx(1.0) and same["psnr"] > 100
+    assert same["nmse"] == 0 and same["ssim"] == pytest.approx(1.0) and same["psnr"] is None
+    assert same["reason"] == "prediction equals the reference (PSNR is infinite)"
 
 
 def test_bad_input():

@@ -17,6 +17,7 @@ except ImportError:  # pydicom 2.x
     from pydicom.pixel_data_handlers.util import apply_modality_lut
 from pydicom.uid import ExplicitVRLittleEndian
 
+from medrecon.datasets.deid import remap_uid
 from medrecon.datasets.dicom import read_dicom_series, write_dicom_series
 from medrecon.datasets.geometry import dicom_affine, voxel_to_world
 
@@ -231,7 +232,11 @@ def test_anonymize_default_strips_identifiers(ct_dir, tmp_path):
         for kw in ("StudyInstanceUID", "SeriesInstanceUID", "FrameOfReferenceUID"):
             assert ds[kw].value != src[kw].value, kw
         assert ds.SOPInstanceUID not in {pydicom.dcmread(f).SOPInstanceUID for f in ref.files}
-        assert "SourceImageSequence" not in ds
+    # the source images are still cited, under their remapped UIDs (`medrecon.datasets.deid`)
+    cited = [d.SourceImageSequence[0].ReferencedSOPInstanceUID
+             for d in sorted(dss, key=lambda d: d.InstanceNumber)]
+    assert cited == [remap_uid(uid) for _, uid, _ in ref.source_refs]
+    assert not set(cited) & {uid for _, uid, _ in ref.source_refs}
 
 
 def test_anonymize_false_carries_identifiers(ct_dir, tmp_path):
@@ -260,8 +265,9 @@ def test_overwrite_refusal_and_replace(ct_dir, tmp_path):
         write_dicom_series(np.full(ref.volume.shape, np.nan), tmp_path / "nan", ref)
     with pytest.raises(ValueError, match="reference series shape"):
         write_dicom_series(ref.volume[:, :8], tmp_path / "crop", ref)
-    write_dicom_series(ref.volume, out, ref, overwrite=True)
-    assert sorted(os.listdir(out)) == [f"IM{k:05d}.dcm" for k in range(1, 6)]
+    write_dicom_series(ref.volume, out, ref, overwrite=True)  # series replaced, folder kept
+    assert sorted(os.listdir(out)) == [f"IM{k:05d}.dcm" for k in range(1, 6)] + ["keep.txt"]
+    assert (out / "keep.txt").read_text() == "precious"
     assert sorted(os.listdir(tmp_path)) == ["ct", "out"]  # no temp folders left behind
 
 
