@@ -6,6 +6,7 @@ imported only when a network is built.
 """
 from .checkpoint import Checkpoint, load_checkpoint, load_model, save_checkpoint
 from .networks import PRESETS, UNetConfig, build_unet, count_parameters, preset
+from .padding import PaddedNet, pad_to_multiple, padded, required_multiple
 from .schedules import (VE, VPContinuous, VPSchedule, convert, karras_sigmas, make_betas, spacing,
                         to_eps, to_x0)
 from .train import EMA, TrainResult, latest_checkpoint, train

@@ -223,10 +223,13 @@ def fbp(sinogram: torch.Tensor, geometry, filter: str = "ramp", *,
         q = _filter(p, fourier_filter(size, filter), before, after) / tau
         scale = math.pi / k
         a, bias = 2.0 / (tau * ne), (2 * c0 + 1.0) / ne - 1.0  # s (mm) -> normalised grid
-        xyb = xy * torch.tensor([a, a, bias], dtype=dt, device=dev)
+        xya = xy * torch.tensor([a, a, 0.0], dtype=dt, device=dev)
 
         def grids(idx):
-            g = _rotate(xyb, ang[idx])
+            # the bias is added after the rotation (its (x, y, 1) row maps 1 to 0): folding it
+            # into xy dropped it and put the centre at (ne - 1) / 2, half a bin off for even ne
+            g = _rotate(xya, ang[idx])
+            g[..., 0] += bias
             g[..., 1] = 0
             return g, None
         fov = n // 2 * geo.pixel_size

@@ -31,6 +31,7 @@ import torch
 import torch.nn as nn
 
 from medrecon.models.networks import UNetConfig, build_unet, unet_config
+from medrecon.models.padding import pad_to_multiple, required_multiple
 
 from .autoencoder import CTAutoencoder, decode, encode
 from .checkpoint import check_state, read_ct_checkpoint, save_ct_checkpoint
@@ -280,10 +281,12 @@ def reconstruct_cold(model: LatentColdDiffusion, autoencoder: CTAutoencoder, ldc
         raise ValueError(f"ldct: expected a real tensor [B, 1, H, W], got {tuple(getattr(ldct, 'shape', ()))}")
     was = model.training
     model.eval()
-    z_T = encode(autoencoder, ldct)
+    # any H, W: reflect-padded to the multiple of E's and R's downsampling, cropped back (models.padding)
+    x, crop = pad_to_multiple(ldct, required_multiple(autoencoder) * required_multiple(model), what="ldct")
+    z_T = encode(autoencoder, x)
     z0, nfe = cold_sample(model, z_T, model.schedule, steps, algorithm)
     model.train(was)
-    return decode(autoencoder, z0), nfe
+    return crop(decode(autoencoder, z0)), nfe
 
 
 def save_cold_diffusion(directory: str | os.PathLike, model: LatentColdDiffusion, *,

@@ -28,6 +28,7 @@ import torch.nn as nn
 
 from medrecon.models.checkpoint import load_checkpoint, save_checkpoint
 from medrecon.models.networks import UNetConfig, build_unet, unet_config
+from medrecon.models.padding import padded
 from medrecon.models.schedules import VPSchedule, make_betas
 from medrecon.models.wrapper import DiffusionModel
 
@@ -161,8 +162,8 @@ class _CountingEps:
                 a = float(self.acp[int(tt.max())])
                 return (x - a ** 0.5 * cond.to(x.dtype)) / (1.0 - a) ** 0.5
         self.nfe += 1
-        with torch.no_grad():
-            return self.model(x, t, cond)
+        with torch.no_grad():  # any H, W: reflect-padded to the U-Net's multiple, cropped back
+            return padded(self.model, self.model)(x, t, cond)
 
 
 def conditional_eps_fn(model: ConditionalDDPM, ldct: torch.Tensor,

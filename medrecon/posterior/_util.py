@@ -88,13 +88,14 @@ def grid_abar(solver: str, steps: int, acp: torch.Tensor, start: int) -> float:
 
 
 def run_solver(eps_fn, x, solver: str, steps: int, betas, acp, *, dc, generator, start: int = 0,
-               **options) -> torch.Tensor:
+               callback=None, **options) -> torch.Tensor:
     """Run ``solver`` on its ``steps``-step grid (diffusers' spacing, see ``medrecon.sample``) from
-    grid index ``start`` (0 = the whole grid, any solver) with the data-consistency hook ``dc``."""
+    grid index ``start`` (0 = the whole grid, any solver) with the data-consistency hook ``dc``.
+    (dds/ddnm/ccdf run ``solver="ddim"`` through ``ddim_dc`` instead, the reference update.)"""
     if solver not in SOLVERS:
         raise ValueError(f"solver: expected one of {SOLVERS}, got {solver!r}")
     if start == 0:
-        return sample(eps_fn, x, solver, steps, betas, dc=dc, generator=generator, **options)
+        return sample(eps_fn, x, solver, steps, betas, dc=dc, generator=generator, callback=callback, **options)
     unknown = sorted(set(options) - set(solver_options(solver)))
     if unknown:
         valid = list(solver_options(solver)) or "none"
@@ -105,14 +106,16 @@ def run_solver(eps_fn, x, solver: str, steps: int, betas, acp, *, dc, generator,
     if solver in ("euler", "heun"):
         ts, sig = euler_sigmas(acp, steps)
         fn = euler if solver == "euler" else heun
-        return fn(eps_fn, x, torch.from_numpy(ts[start:].copy()), sig[start:], dc=dc, generator=generator, **options)
+        return fn(eps_fn, x, torch.from_numpy(ts[start:].copy()), sig[start:], dc=dc, generator=generator,
+                  callback=callback, **options)
     ts = timesteps_for(solver, steps, n_train)
     if solver in ("ddim", "ddpm"):
         prev = ts - n_train // steps
         fn = ddim if solver == "ddim" else ddpm
-        return fn(eps_fn, x, ts[start:], acp, dc=dc, generator=generator, prev_timesteps=prev[start:], **options)
+        return fn(eps_fn, x, ts[start:], acp, dc=dc, generator=generator, prev_timesteps=prev[start:],
+                  callback=callback, **options)
     fn = dpm_solver_pp if solver == "dpm-solver++" else unipc
-    return fn(eps_fn, x, ts[start:], acp, dc=dc, generator=generator, **options)
+    return fn(eps_fn, x, ts[start:], acp, dc=dc, generator=generator, callback=callback, **options)
 
 
 def sqrt(v: float) -> float:

@@ -5,10 +5,17 @@ Instead of starting from pure noise at t = T, forward-diffuse a cheap initial es
 
     x_{t0} = sqrt(abar_{t0}) x_init + sqrt(1 - abar_{t0}) z,   z from the explicit generator,
 
-and run only the last round(t0 N) steps of an N-step generic solver with a data-consistency hook
-(the paper's reverse step + projection; its contraction theorem: the error of x_init shrinks, so a better
-initialisation needs fewer steps).  The hook defaults to the DDNM projection (A^+) and can be the
-DDS proximal CG step (``dc="dds"``) or any callable ``dc(x0_hat, t)``.
+and run only the last round(t0 N) steps of an N-step grid, each a reverse step followed by the
+data-consistency step (the paper's contraction theorem: the error of x_init shrinks, so a better
+initialisation needs fewer steps).  No official code is public (HJ-harry/CCDF is not available);
+the reverse step is the DDIM-with-data-consistency update of the official DDNM/DDS loops
+(``ddim_dc``: the network's eps, the whole correction passed on), with the DDNM projection (A^+)
+as the default data step, the DDS CG step (``dc="dds"``) or any callable ``dc(x0_hat, t)``.
+Previously the step was Song's DDIM (eta 0) with eps re-derived from the corrected x0.  Measured
+on validation slices (simulator seeds 1500-1503, 8x equispaced, brain128-vp, 50 NFE = 250 steps at
+t0 = 0.2, seed 0): old 16.31, 25.55, 17.75, 21.21 dB (mean 20.21); the shared update with eta = 0
+13.56, 25.55, 16.13, 20.90 (19.03), with eta = 0.85 (the DDNM/DDS default, hence ours) 15.57,
+29.46, 16.69, 21.06 (20.69).  ``solver`` other than "ddim" runs that generic solver from mid-grid with the hook.
 """
 from __future__ import annotations
 
@@ -16,7 +23,8 @@ import torch
 
 from medrecon.linalg import cg
 
-from ._util import alphas_cumprod, check_common, counted, grid_abar, noise, run_solver, sqrt
+from ._util import alphas_cumprod, check_common, counted, grid_abar, noise, sqrt
+from .ddim_dc import run_dc
 from .ddnm import ddnm_dc
 from .dds import dds_dc
 
@@ -33,12 +41,14 @@ def initial_estimate(operator, y: torch.Tensor, cg_iters: int = 0, lam: float = 
 
 
 def ccdf(eps_fn, operator, y: torch.Tensor, betas, steps: int = 100, generator: torch.Generator | None = None,
-         *, t0: float = 0.2, x_init=None, init_cg_iters: int = 0, solver: str = "ddim", dc="project",
-         gamma: float = 5.0, cg_iters: int = 10, **solver_options) -> tuple[torch.Tensor, int]:
+         *, t0: float = 0.2, x_init=None, init_cg_iters: int = 0, solver: str = "ddim", eta: float = 0.85,
+         dc="project", gamma: float | None = None, cg_iters: int = 10, callback=None,
+         **solver_options) -> tuple[torch.Tensor, int]:
     """CCDF sample(s): diffuse ``x_init`` (default ``initial_estimate(operator, y, init_cg_iters)``) to the
-    grid point at fraction ``t0`` of an N = ``steps`` grid, then run the remaining round(t0 N) steps of
-    ``solver`` (ddim, ddpm, dpm-solver++, unipc, euler, heun; ``solver_options`` such as ``eta``)
-    with the hook ``dc`` ("project", "dds" or a callable).  Returns ``(x0, nfe)``."""
+    grid point at fraction ``t0`` of an N = ``steps`` grid, then run the remaining round(t0 N) steps:
+    ``solver="ddim"`` the reference update (``ddim_dc``, ``eta``), or a generic solver (ddpm,
+    dpm-solver++, unipc, euler, heun; its own ``solver_options``), with the data step ``dc``
+    ("project", "dds" (``gamma``: see ``dds_dc``) or a callable).  Returns ``(x0, nfe)``."""
     acp = alphas_cumprod(betas)
     check_common(operator, y, steps, len(acp), generator)
     if not 0 < t0 <= 1:
@@ -56,5 +66,6 @@ def ccdf(eps_fn, operator, y: torch.Tensor, betas, steps: int = 100, generator: 
     a = grid_abar(solver, steps, acp, start)
     x = sqrt(a) * x_init + sqrt(1 - a) * noise(x_init.shape, x_init, generator)
     f, nfe = counted(eps_fn)
-    x = run_solver(f, x, solver, steps, betas, acp, dc=dc, generator=generator, start=start, **solver_options)
+    x = run_dc(f, x, solver, steps, betas, acp, dc=dc, eta=eta, generator=generator, start=start, callback=callback,
+               method="ccdf", **solver_options)
     return x, nfe[0]

@@ -32,6 +32,7 @@ from pathlib import Path
 
 import torch
 
+from medrecon.models.padding import PaddedNet
 from medrecon.physics.mri import MultiCoilMRI, check_mask
 from medrecon.registry import register_method
 
@@ -210,9 +211,7 @@ def fdmr(G, kspace: torch.Tensor, mask: torch.Tensor, smaps: torch.Tensor, gener
     if opts.refinement and refine_eps is None and not 1 <= opts.refine_from <= T:
         raise ValueError(f"fdmr option refine_from: expected 1..{T}, got {opts.refine_from}")
     H, W = kspace.shape[-2:]
-    f = G.cfg.unet.downsample_factor
-    if H % f or W % f:
-        raise ValueError(f"kspace: image size {H}x{W} must be divisible by {f} for this generator")
+    G = PaddedNet(G)  # any H, W: reflect-padded to the U-Net's multiple, cropped back (models.padding)
     y, s, m = _flatten(kspace, mask, smaps)
     B = y.shape[0]
     A = MultiCoilMRI(s, m)

@@ -98,12 +98,14 @@ def _eps(model, grad: bool = False, support: torch.Tensor | None = None, cache: 
         model = DiffusionModel(DeepCacheUNet(model.net, interval=int(cache)), model.schedule,
                                model.prediction_type)
     real = model.in_channels == 1
+    from medrecon.models.padding import padded
+    net_eps = padded(model.eps, model)  # any H, W: reflect-padded to the U-Net's multiple, cropped back
 
     def f(x, t):
         xb = x.reshape(-1, *x.shape[-2:])
         xb = xb.unsqueeze(1) if real else xb
         with torch.set_grad_enabled(grad and torch.is_grad_enabled()):
-            e = (model.eps(xb, t).squeeze(1) if real else model.eps(xb, t)).reshape(x.shape)
+            e = (net_eps(xb, t).squeeze(1) if real else net_eps(xb, t)).reshape(x.shape)
             if support is not None:
                 sigma = torch.as_tensor(model.schedule.sigma(torch.as_tensor(t, device=x.device).detach()))
                 e = torch.where(support, e, x / sigma.to(x.real.dtype).reshape(-1, 1, 1).squeeze(0))
@@ -144,16 +146,16 @@ def _setup(kspace, mask, smaps, opts, generator, method, need_complex=True):
 class DDSOptions:
     checkpoint: str = VP_PRIOR
     steps: int = 50
-    gamma: float = 5.0
+    gamma: float | None = None  # None: hard data step (DDS noiseless branch); > 0: (I + gamma A^H A) x = ...
     cg_iters: int = 5
     eta: float = 0.85
-    solver: str = "ddim"
+    solver: str = "ddim"  # "ddim": the DDS/DDNM reference update (posterior/ddim_dc.py); else a generic solver
     normalize: bool = True
     support: bool = True  # x0 = 0 where the coil maps are 0 (_support)
     cache: int = 1  # DeepCache interval: every cache-th network call is a full pass (1 = off)
 
 
-@register_method("dds", DDSOptions, "DDS: Tweedie + CG data step + DDIM (Chung et al. ICLR 2024)",
+@register_method("dds", DDSOptions, "DDS: Tweedie + CG data step + DDIM-with-DC update (Chung et al. ICLR 2024)",
                  needs_smaps=True, kind="diffusion")
 def _dds(kspace, mask, smaps, opts, generator):
     model, betas, A, y, s, g = _setup(kspace, mask, smaps, opts, generator, "dds")
@@ -169,7 +171,7 @@ class DDNMOptions:
     steps: int = 100
     eta: float = 0.85
     cg_iters: int = 10
-    solver: str = "ddim"
+    solver: str = "ddim"  # "ddim": the DDNM reference update (posterior/ddim_dc.py); else a generic solver
     normalize: bool = True
     support: bool = True  # x0 = 0 where the coil maps are 0 (_support)
     cache: int = 1  # DeepCache interval: every cache-th network call is a full pass (1 = off)
@@ -232,10 +234,10 @@ class CCDFOptions:
     steps: int = 100
     t0: float = 0.2
     init_cg_iters: int = 10
-    solver: str = "ddim"
-    eta: float = 0.0
+    solver: str = "ddim"  # "ddim": the DDNM/DDS update (posterior/ddim_dc.py); else a generic solver
+    eta: float = 0.85  # the DDNM/DDS default; above eta = 0 on validation slices 1500-1503 (ccdf.py)
     dc: str = "project"
-    gamma: float = 5.0
+    gamma: float | None = None  # dc="dds": None = hard CG data step, > 0 = soft
     cg_iters: int = 10
     normalize: bool = True
     support: bool = True  # x0 = 0 where the coil maps are 0 (_support)
@@ -246,10 +248,9 @@ class CCDFOptions:
                  needs_smaps=True, kind="diffusion")
 def _ccdf(kspace, mask, smaps, opts, generator):
     model, betas, A, y, s, g = _setup(kspace, mask, smaps, opts, generator, "ccdf")
-    extra = {"eta": opts.eta} if opts.solver == "ddim" else {}
     eps = _eps(model, support=_support(smaps, opts), cache=opts.cache)
     x, nfe = ccdf(eps, A, y, betas, opts.steps, g, t0=opts.t0, init_cg_iters=opts.init_cg_iters,
-                  solver=opts.solver, dc=opts.dc, gamma=opts.gamma, cg_iters=opts.cg_iters, **extra)
+                  solver=opts.solver, eta=opts.eta, dc=opts.dc, gamma=opts.gamma, cg_iters=opts.cg_iters)
     return x * s, nfe
 
 
@@ -347,7 +348,9 @@ def _score(model, support: torch.Tensor | None = None):
     estimate x + sigma^2 score is 0 there)."""
     from medrecon.models.hfs_loss import hfs_score_fn
 
-    f = hfs_score_fn(model)
+    from medrecon.models.padding import padded
+
+    f = padded(hfs_score_fn(model), model)  # any H, W: reflect-padded to the U-Net's multiple, cropped back
 
     def score_fn(x, sigma):
         with torch.no_grad():
@@ -457,7 +460,7 @@ def _spirit_diffusion(kspace, mask, smaps, opts, generator):
                               sigma_min=opts.sigma_min or lo, sigma_max=opts.sigma_max or hi, eta=opts.eta,
                               snr=opts.snr, mse=opts.mse, corrector_mse=opts.corrector_mse,
                               n_corrector=opts.n_corrector, dc=opts.dc, nfe_per_score=per,
-                              noise_in_range=vp)
+                              in_range=True)
     return x * scale[..., None, None], nfe
 
 

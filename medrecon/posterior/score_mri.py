@@ -15,6 +15,20 @@ training betas (N = ``steps`` strided steps, beta_i = 1 - abar_t / abar_prev):
 Corrector then predictor per step (Song et al.'s order); 1 + n_corrector network calls per step.
 The final x_mean (no noise on the last step) is returned.
 
+Reference data step: HJ-harry/score-MRI ``sampling.py:316-323`` (``get_pc_fouriercs_fast``),
+``374-377`` (``_RI``), ``435-438`` (``_RI_PI_SSOS``), ``527-530`` (``_RI_coil_SENSE``): replacement with
+the clean measurement Fy on the VE SDE, whose x_t = x0 + sigma z has mean y on the data -- the VP
+analogue is ``dc_noise=False`` (sqrt(abar) y).  ``dc_noise=True`` (the default, Song et al. ICLR 2022)
+is a stated departure; measured (issue 14): SENSE on the analytic Gaussian prior
+(tests/posterior/test_sde_sense_exact.py, exact posterior, e = E||x - m*||^2 / tr Sigma*), N = 1000,
+predictor-only -> with corrector: dc_noise True 1.31 -> 1.11, False 1.36 -> 1.08 (se 0.04-0.06; the
+corrector at snr 0.16 lowers the error in both); validation slice (simulator seed 1500, 8x
+equispaced, brain128-vp, variant sense, N = 100): True 21.68 dB, False 21.77 dB.  On an
+ill-conditioned SENSE geometry (4 smooth coils, R = 4, smallest singular value^2 of A 1e-6) the
+corrector doubles the error at N = 1000 with either choice (relative MSE 0.16 -> 0.33, clean y
+0.14 -> 0.35), so y_t is not the cause; with ``cg_iters=100`` both drop (0.002 -> 0.022): the
+CG data step (cond(A^H A) 1e6 there) leaves the corrector's noise in weakly measured directions.
+
 Variants: ``real_imag=True`` runs the real and imaginary parts as two real images through a real-valued
 prior (eps_fn receives real [2B, H, W]: real parts then imaginary parts; 2x the NFE), DC on the complex
 image.  ``score_mri_ssos`` reconstructs each coil with A = M F and combines by root-sum-of-squares
