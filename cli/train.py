@@ -122,6 +122,8 @@ def register(subparsers) -> None:
     p.add_argument("--num-samples", type=int, default=4)
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--device", default=None, help="cpu, cuda, cuda:1 (default: cuda if available)")
+    p.add_argument("--init", default=None, metavar="DIR",
+                   help="start a new run from these weights (a checkpoint or builtin prior name): fine-tuning")
     p.add_argument("--no-resume", action="store_true", help="start afresh instead of resuming")
     p.add_argument("--overwrite", action="store_true", help="with --no-resume: replace existing checkpoints")
     p.add_argument("--quiet", action="store_true", help="no progress bar")
@@ -150,6 +152,7 @@ def _run(args) -> int:
     for key, value in _GENERIC_DEFAULTS.items():
         if getattr(args, key) is None:
             setattr(args, key, value)
+    from medrecon.builtin_priors import resolve_checkpoint
     from medrecon.models.networks import preset
     from medrecon.models.schedules import VE, VPSchedule, make_betas
     from medrecon.models.train import train
@@ -175,6 +178,7 @@ def _run(args) -> int:
         grad_clip=args.grad_clip or None, mixed_precision=args.mixed_precision,
         resume=not args.no_resume, overwrite=args.overwrite, save_every=args.save_every or None,
         sampler=sampler, sample_every=args.sample_every, num_samples=args.num_samples,
+        init=resolve_checkpoint(args.init, "") if args.init else None,
         seed=args.seed, device=args.device, progress=not args.quiet,
     )
     last = f"{result.losses[-1]:.4f}" if result.losses else "n/a (already trained)"

@@ -216,6 +216,7 @@ def train(
     num_samples: int = 4,
     hfs: HFSSDE | None = None,
     time_limit: float | None = None,
+    init: str | os.PathLike | None = None,
     seed: int = 0,
     device: str | torch.device | None = None,
     progress: bool = True,
@@ -231,6 +232,9 @@ def train(
     ``hfs``: the ``HFSSDE`` of objective ``"hfs"`` (default ``HFSSDE()``; complex images only).
     ``time_limit``: seconds of wall time after which training stops early (checked after each
     step, on rank 0's clock, shared with the other ranks) and checkpoints the step reached.
+    ``init``: a checkpoint directory (a run's ``step-XXXXXXXX``: its EMA weights if it has them, or an
+    exported prior) whose weights start a new run -- fine-tuning, with a fresh optimizer and the EMA
+    starting at those weights; a run that resumes from its own checkpoint ignores it.
     """
     if objective not in OBJECTIVES:
         raise ValueError(f"objective: expected one of {sorted(OBJECTIVES)}, got {objective!r}")
@@ -273,6 +277,8 @@ def train(
     if (objective in ("score", "hfs")) != is_ve(model.schedule):
         raise ValueError(f"objective {objective!r} needs a {'VP' if objective in ('eps', 'v') else 'VE'} schedule")
     model.net.to(device)
+    if init is not None:
+        _load_init(model, init, objective, net_cfg, device)
 
     opt = torch.optim.AdamW(model.net.parameters(), lr=lr, weight_decay=0.0)
     ema = EMA(model.net, ema_decay) if ema_decay else None
@@ -323,6 +329,8 @@ def train(
               "ema_decay": ema_decay, "grad_clip": grad_clip, "seed": seed, "world_size": ws}
     if hfs is not None:
         config["hfs"] = hfs.to_dict()
+    if init is not None:
+        config["init"] = str(init)
 
     def checkpoint(step: int) -> Path | None:
         if not main:
@@ -407,6 +415,17 @@ def train(
             dist.destroy_process_group()
     model.net.eval()
     return TrainResult(model=model, ema=ema, step=max(start, steps), losses=losses, checkpoint=last_path)
+
+
+def _load_init(model: DiffusionModel, init, objective: str, net_cfg: UNetConfig, device) -> None:
+    """Copy the weights of checkpoint ``init`` (EMA if present) into ``model`` (``train(init=...)``)."""
+    ck = load_checkpoint(init, map_location=device, prediction_type=model.prediction_type)
+    if ck.network_config != net_cfg:
+        raise ValueError(f"init: {init} holds network {ck.network_config}, not the requested {net_cfg}")
+    if ck.extra.get("objective", objective) != objective:
+        raise ValueError(f"init: {init} was trained with objective {ck.extra['objective']!r}, "
+                         f"not {objective!r}")
+    model.net.load_state_dict(ck.ema if ck.ema is not None else ck.model.net.state_dict())
 
 
 def _out_of_time(t_start: float, limit: float, ws: int, device: torch.device) -> bool:

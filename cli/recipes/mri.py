@@ -24,8 +24,12 @@ Network and schedule: preset ``brain128`` (MONAI UNet, 1.0M parameters) unless `
 fastMRI 4x / 8% ACS of a 128-wide k-space, ``--recipe-option acs=N``).  Recipe options:
 ``volumes`` (32), ``slices`` (4), ``data_seed`` (0), ``size`` (128), ``acs`` (10, hfs only),
 ``threads`` (torch threads, default: unchanged), ``minutes`` (wall-time limit of the training
-loop: stop early and checkpoint the step reached; 0: none).  Defaults: ``--steps 2000 --batch-size 8
---lr 5e-4``, EMA 0.999 (the CLI's; runs of ~1k steps want ``--ema-decay 0.99``, docs/priors.md).
+loop: stop early and checkpoint the step reached; 0: none), ``scales`` (1: the multi-scale data of
+``mri_scales``, recon matrices 128..384, ``volumes`` x ``slices`` per scale, into
+``<out>/data/multiscale.pt``; ``--data`` then takes such a file).  ``--init DIR`` (a checkpoint
+or builtin prior name, e.g. ``brain128-vp``) starts a new run from those weights: fine-tuning.
+Defaults: ``--steps 2000 --batch-size 8 --lr 5e-4``, EMA 0.999 (the CLI's; runs of ~1k steps want
+``--ema-decay 0.99``, docs/priors.md).
 Example::
 
     medrecon train --recipe vp --out runs/brain128-vp --recipe-option threads=1
@@ -40,7 +44,8 @@ from . import Recipe
 __all__ = ["RECIPES", "prepare_images", "normalize_images", "WindowDataset"]
 
 _DEFAULTS = {"preset": "brain128", "steps": 2000, "batch_size": 8, "lr": 5e-4}
-_OPTIONS = {"volumes": 32, "slices": 4, "data_seed": 0, "size": 128, "acs": 10, "threads": 0, "minutes": 0}
+_OPTIONS = {"volumes": 32, "slices": 4, "data_seed": 0, "size": 128, "acs": 10, "threads": 0, "minutes": 0,
+            "scales": 0}
 _MASKS = (("equispaced_fraction", 4, 0.08), ("random", 4, 0.08), ("equispaced_fraction", 8, 0.04),
           ("random", 8, 0.04))
 _OFFSETS = (-32, -16, 0, 16, 32)
@@ -61,6 +66,8 @@ def _options(args, recipe: str) -> dict[str, int]:
             raise ValueError(f"--recipe-option {key}: expected a positive integer, got {opts[key]}")
     if opts["minutes"] < 0 or opts["threads"] < 0:
         raise ValueError(f"--recipe-option minutes/threads: expected >= 0, got {opts['minutes']}/{opts['threads']}")
+    if opts["scales"] not in (0, 1):
+        raise ValueError(f"--recipe-option scales: expected 0 or 1, got {opts['scales']}")
     if not 0 <= opts["data_seed"] < 1000:
         raise ValueError(f"--recipe-option data_seed: training data uses simulator seeds 0..999 "
                          f"(>= 1000 are held-out test sets), got {opts['data_seed']}")
@@ -148,6 +155,12 @@ class WindowDataset:
 def _load(args, opts):
     import torch
 
+    if opts["scales"]:
+        from .mri_scales import MultiScaleWindows, load_multiscale, prepare_multiscale
+
+        path = args.data or prepare_multiscale(Path(args.out) / "data", opts["volumes"], opts["slices"],
+                                               opts["data_seed"], progress=not args.quiet)
+        return MultiScaleWindows(load_multiscale(path), opts["size"])
     if args.data is None:
         path = prepare_images(Path(args.out) / "data", opts["volumes"], opts["slices"], opts["data_seed"],
                               progress=not args.quiet, size=opts["size"])
@@ -165,6 +178,7 @@ def _load(args, opts):
 def _run(args, recipe: str) -> int:
     import torch
 
+    from medrecon.builtin_priors import resolve_checkpoint
     from medrecon.models.hfs_loss import HFSSDE
     from medrecon.models.networks import preset
     from medrecon.models.schedules import VE, VPSchedule, make_betas
@@ -195,6 +209,7 @@ def _run(args, recipe: str) -> int:
         schedule=schedule, ema_decay=args.ema_decay or None, grad_clip=args.grad_clip or None,
         mixed_precision=args.mixed_precision, resume=not args.no_resume, overwrite=args.overwrite,
         save_every=args.save_every or None, hfs=hfs, time_limit=60.0 * opts["minutes"] or None,
+        init=resolve_checkpoint(args.init, "") if getattr(args, "init", None) else None,
         seed=args.seed, device=args.device,
         progress=not args.quiet,
     )

@@ -121,3 +121,86 @@ def test_train_time_limit_and_hfs_objective(images, tmp_path):
         train("tiny", x, tmp_path / "e", steps=1, objective="eps", hfs=HFSSDE(4), progress=False)
     with pytest.raises(ValueError, match="time_limit"):
         train("tiny", x, tmp_path / "t", steps=1, time_limit=0, progress=False)
+
+
+def _multiscale_file(path, sizes=(16, 32), n=2):
+    """A multiscale.pt like ``prepare_multiscale`` writes: ``n`` random images [2 s, s] per scale."""
+    g = torch.Generator().manual_seed(2)
+    images = {str(s): torch.randn(n, 2 * s, s, dtype=torch.complex64, generator=g) for s in sizes}
+    torch.save({"sizes": list(sizes), "images": images}, path)
+    return path
+
+
+def test_multiscale_windows_enumeration():
+    from medrecon.cli.recipes.mri_scales import MultiScaleWindows
+
+    x128 = torch.arange(2 * 256 * 128, dtype=torch.float32).reshape(2, 256, 128).to(torch.complex64)
+    x192 = torch.arange(3 * 384 * 192, dtype=torch.float32).reshape(3, 384, 192).to(torch.complex64)
+    ds = MultiScaleWindows({128: x128, 192: x192}, 128, cycle=(128, 192, 128))
+    # at 128 the single-scale recipe's windows: rows centre +- 32 every 16, the whole width
+    assert ds.windows[128] == [(o, 0) for o in WindowDataset(x128, 128).offsets]
+    rows = [r for r, _ in ds.windows[192]]
+    assert min(rows) == 96 - 32 and max(rows) == 384 - 96 + 32 - 128
+    assert {c for _, c in ds.windows[192]} == {0, 16, 32, 48, 64}
+    assert len(ds) == 3 * 3 * len(ds.windows[192]) * 2
+    assert torch.equal(ds[0], x128[0, 32:160]) and torch.equal(ds[3], x128[1, 32:160])
+    assert torch.equal(ds[1], x192[0, 64:192, 0:128])
+    r = ds.windows[192][1]
+    assert torch.equal(ds[1 + 3 * 3], x192[0, r[0]:r[0] + 128, r[1]:r[1] + 128])  # image 0, window 1
+    flipped = 1 + 3 * 3 * len(ds.windows[192])
+    assert torch.equal(ds[flipped], x192[0, 64:192, 0:128].flip(-1))
+    assert all(ds[j].shape == (128, 128) for j in range(0, len(ds), 97))
+
+
+def test_multiscale_recipe_trains_on_mixed_scales(tmp_path):
+    data = _multiscale_file(tmp_path / "multiscale.pt")
+    out = tmp_path / "ms"
+    argv = ["--recipe", "vp", "--data", str(data), "--out", str(out), "--preset", "tiny", "--steps", "2",
+            "--batch-size", "4", "--quiet", "--recipe-option", "size=16", "--recipe-option", "scales=1"]
+    assert RECIPES["vp"].run(_args(*argv)) == 0
+    assert latest_checkpoint(out).name == "step-00000002"
+    with pytest.raises(ValueError, match="multiscale"):  # a single-scale tensor file is not multi-scale data
+        single = tmp_path / "single.pt"
+        torch.save(torch.zeros(2, 32, 16, dtype=torch.complex64), single)
+        RECIPES["vp"].run(_args(*argv[:2], "--data", str(single), *argv[4:]))
+    with pytest.raises(ValueError, match="scales"):
+        RECIPES["vp"].run(_args(*argv[:-1], "scales=2"))
+
+
+def test_recipe_init_fine_tunes_from_a_checkpoint(images, tmp_path):
+    """--init copies the checkpoint's (EMA) weights; lr 0 keeps them; a mismatched prior is refused."""
+    base = ["--data", str(images), "--preset", "tiny", "--batch-size", "2", "--quiet", "--recipe-option", "size=16"]
+    assert RECIPES["vp"].run(_args("--recipe", "vp", "--out", str(tmp_path / "a"), "--steps", "2", *base)) == 0
+    src = load_checkpoint(latest_checkpoint(tmp_path / "a"))
+    out = tmp_path / "b"
+    assert RECIPES["vp"].run(_args("--recipe", "vp", "--out", str(out), "--steps", "1", "--lr", "0",
+                                   "--init", str(src.path), *base)) == 0
+    ck = load_checkpoint(latest_checkpoint(out))
+    assert ck.step == 1 and ck.extra["init"] == str(src.path)
+    assert all(torch.equal(v, src.ema[k]) for k, v in ck.model.net.state_dict().items())
+    # the EMA starts at those weights too: d * w + (1 - d) * w, equal up to float rounding
+    assert all(torch.allclose(v, src.ema[k], rtol=1e-6, atol=1e-9) for k, v in ck.ema.items())
+    with pytest.raises(ValueError, match="eps"):  # a VP eps network cannot start an HFS score run
+        RECIPES["hfs"].run(_args("--recipe", "hfs", "--out", str(tmp_path / "c"), "--steps", "1",
+                                 "--init", str(src.path), *base, "--recipe-option", "acs=4"))
+    with pytest.raises(ValueError, match="network"):
+        RECIPES["vp"].run(_args("--recipe", "vp", "--out", str(tmp_path / "d"), "--steps", "1",
+                                "--init", str(src.path), *base[:2], "--preset", "brain128", *base[4:]))
+
+
+def test_heldout_loss_is_fixed_and_exact_for_a_zero_network(images, tmp_path):
+    """A fresh MONAI UNet outputs 0 (zero-initialised last layer; lr 0 keeps it): the VP loss is then
+    E|z|^2 per real component, 1/2, and the HFS loss is below it (only the high frequencies count)."""
+    from medrecon.cli.recipes.mri_heldout import heldout_loss
+
+    x = torch.load(images, weights_only=True)[:, :, :16]
+    base = ["--data", str(images), "--preset", "tiny", "--batch-size", "2", "--quiet", "--recipe-option", "size=16",
+            "--steps", "1", "--lr", "0"]
+    assert RECIPES["vp"].run(_args("--recipe", "vp", "--out", str(tmp_path / "vp"), *base)) == 0
+    assert RECIPES["hfs"].run(_args("--recipe", "hfs", "--out", str(tmp_path / "hfs"), *base,
+                                    "--recipe-option", "acs=4")) == 0
+    vp, hfs = latest_checkpoint(tmp_path / "vp"), latest_checkpoint(tmp_path / "hfs")
+    loss = heldout_loss(vp, x)
+    assert loss == heldout_loss(vp, x) and abs(loss - 0.5) < 0.03  # 6 x 32 x 16 x 2 x 10 samples
+    h = heldout_loss(hfs, x)
+    assert h == heldout_loss(hfs, x) and 0.2 < h < 0.5 and heldout_loss(hfs, x, seed=1) != h

@@ -57,3 +57,16 @@ def test_train_command_reads_a_fastmri_directory(tmp_path):
     assert main(["train", "--data", str(folder), "--out", str(out), "--steps", "1", "--batch-size", "2",
                  "--quiet"]) == 0
     assert load_checkpoint(latest_checkpoint(out)).step == 1
+
+
+def test_train_command_init_starts_from_a_checkpoint(tmp_path):
+    rng = np.random.default_rng(1)
+    imgs = rng.standard_normal((4, 16, 16)) + 1j * rng.standard_normal((4, 16, 16))
+    data = _write(tmp_path, imgs.astype(np.complex64))
+    base = ["train", "--data", str(data), "--preset", "tiny", "--batch-size", "2", "--quiet"]
+    assert main(base + ["--out", str(tmp_path / "a"), "--steps", "2"]) == 0
+    src = load_checkpoint(latest_checkpoint(tmp_path / "a"))
+    assert main(base + ["--out", str(tmp_path / "b"), "--steps", "1", "--lr", "0", "--init", str(src.path)]) == 0
+    ck = load_checkpoint(latest_checkpoint(tmp_path / "b"))
+    assert ck.step == 1 and all(torch.equal(v, src.ema[k]) for k, v in ck.model.net.state_dict().items())
+    assert main(base + ["--out", str(tmp_path / "c"), "--steps", "1", "--init", str(tmp_path / "missing")]) == 2
