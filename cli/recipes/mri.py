@@ -155,7 +155,7 @@ class WindowDataset:
 def _load(args, opts):
     import torch
 
-    if opts["scales"]:
+    if opts.get("scales"):
         from .mri_scales import MultiScaleWindows, load_multiscale, prepare_multiscale
 
         path = args.data or prepare_multiscale(Path(args.out) / "data", opts["volumes"], opts["slices"],
