@@ -1,4 +1,4 @@
-"""`medrecon batch`: reconstruct a folder of fastMRI volumes, one Ray task per volume.
+"""`medrecon batch`: reconstruct a folder of volumes (MRI or CT), one Ray task per volume.
 
     medrecon batch INPUT_DIR [INPUT ...] --out OUT_DIR --method cg-sense
         [--address ray://HEAD:10001 | auto | local] [--num-cpus 1 --num-gpus 0.5]
@@ -19,12 +19,13 @@ import json
 import sys
 from pathlib import Path
 
-from medrecon.cli.recon import OUTPUT_FORMATS, _options, add_sampling_arguments
+from medrecon.cli.recon import OUTPUT_FORMATS, add_run_arguments, add_sampling_arguments
 
 
 def register(subparsers) -> None:
     p = subparsers.add_parser("batch", help="reconstruct a folder of volumes on Ray (resumable)")
-    p.add_argument("inputs", nargs="+", help="fastMRI .h5 files or folders of them")
+    p.add_argument("inputs", nargs="+", help="input volumes (as `medrecon recon`: fastMRI .h5, "
+                   "NIfTI, DICOM MR or CT series, sinogram files) or folders of them")
     p.add_argument("--out", required=True, help="output folder (one output per input)")
     p.add_argument("--method", default="cg-sense", help="see `medrecon methods`")
     p.add_argument("--address", default=None,
@@ -40,17 +41,10 @@ def register(subparsers) -> None:
     p.add_argument("--plugin", action="append", default=[], metavar="MODULE|FILE.py",
                    help="import in every worker first (methods registered outside medrecon)")
     add_sampling_arguments(p)
-    p.add_argument("--format", default="h5", choices=OUTPUT_FORMATS, help="output format")
-    p.add_argument("--option", "-o", action="append", default=[], metavar="KEY=VALUE",
-                   help="method option, repeatable (e.g. -o max_iter=20)")
-    p.add_argument("--device", default=None, help="torch device (default: cuda with GPUs)")
-    p.add_argument("--batch-size", type=int, default=1, help="slices per call")
+    p.add_argument("--format", default=None, choices=OUTPUT_FORMATS,
+                   help="output format (default: h5; dicom for CT methods)")
+    add_run_arguments(p)  # --option --device --batch-size --keep-phi --allow-irregular-spacing
     p.add_argument("--overwrite", action="store_true", help="redo and replace every output")
-    p.add_argument("--keep-phi", action="store_true",
-                   help="DICOM outputs keep the input's patient and study identity (default: "
-                   "de-identified, DICOM PS3.15 basic profile)")
-    p.add_argument("--allow-irregular-spacing", action="store_true",
-                   help="accept DICOM series whose slice spacing is not uniform")
     p.add_argument("--json", action="store_true", help="print the summary as one JSON object")
     p.add_argument("--quiet", action="store_true", help="no line per volume")
     p.set_defaults(func=run)
@@ -68,16 +62,17 @@ def _line(res) -> str:
 
 def run(args) -> int:
     from medrecon.batch import run_batch
-    from medrecon.cli.recon import check_device
+    from medrecon.cli.recon import check_device, resolve_cli_options
     from medrecon.pipeline import MaskSpec
 
     check_device(args.device)  # exit 2 before any work
+    options = resolve_cli_options(args)  # -o parsed once, here
 
     acc = int(args.acceleration) if float(args.acceleration).is_integer() else args.acceleration
     mask = MaskSpec(args.mask, acc, args.center_fraction, args.seed)
     verbose = not (args.json or args.quiet)
     summary = run_batch(
-        args.inputs, args.out, args.method, mask, options=_options(args.option),
+        args.inputs, args.out, args.method, mask, options=options,
         slices=args.slices, out_format=args.format, overwrite=args.overwrite,
         device=args.device, seed=args.sample_seed, batch_size=args.batch_size,
         address=args.address, num_cpus=args.num_cpus, num_gpus=args.num_gpus,

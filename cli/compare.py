@@ -1,4 +1,5 @@
-"""`medrecon compare`: methods x acceleration factors on one fully sampled fastMRI file.
+"""`medrecon compare`: methods x acceleration factors on one fully sampled fastMRI file (MRI),
+or CT methods on one CT scan.
 
     medrecon compare INPUT --methods zero-filled,cg-sense --accelerations 4,8 [--mask KIND
         --center-fraction 0.08 --seed 0 --sample-seed N --slices a:b --device cuda]
@@ -10,7 +11,10 @@ the folder receives ``results.csv``, ``results.json`` (the full records), the re
 ``recon/<method>_R<R>.h5`` and, when matplotlib is importable, ``images.png`` (middle slice of
 every reconstruction with its error map) and ``metrics.png`` (metric vs acceleration).
 ``-o METHOD.KEY=VALUE`` sets an option of one method; ``-o KEY=VALUE`` of every method having
-that option.  A failed run is reported on stderr, the others go on, and the exit code is 1.
+that option (parsed once, `medrecon.options`).  A failed run is reported on stderr, the others
+go on, and the exit code is 1.  CT methods (``--methods fbp,pixel-ddpm``; not mixed with MRI
+ones) run once each on a DICOM CT series or sinogram file, scored in HU (RMSE, PSNR, SSIM) against
+the scan's reference; ``--out`` then gets the tables and ``recon/<method>.h5``, no figures.
 """
 from __future__ import annotations
 
@@ -25,7 +29,7 @@ COLUMNS = ("method", "acceleration", "center_fraction", "sampled_fraction", "psn
 
 def register(subparsers) -> None:
     p = subparsers.add_parser("compare", help="compare methods across acceleration factors")
-    p.add_argument("input", help="fully sampled fastMRI .h5 file")
+    p.add_argument("input", help="fully sampled fastMRI .h5 file (CT methods: a CT scan)")
     p.add_argument("--methods", required=True, help="comma-separated method names")
     p.add_argument("--accelerations", default="4,8", help="comma-separated factors (4,8)")
     p.add_argument("--mask", default="equispaced_fraction", help="mask kind")
@@ -50,34 +54,12 @@ def _number(text: str):
     return int(v) if v.is_integer() else v
 
 
-def method_options(methods: list[str], pairs: list[str]) -> dict[str, dict[str, str]]:
-    """``-o`` pairs -> per-method option dicts, validated against each method's options."""
-    import dataclasses
+def method_options(methods: list[str], pairs: list[str]) -> dict[str, object]:
+    """``-o [METHOD.]KEY=VALUE`` pairs -> each method's options dataclass, parsed and resolved
+    once (`medrecon.options`)."""
+    from medrecon.options import method_pairs, resolve
 
-    from medrecon.registry import get_method, resolve_options
-
-    specs = {m: get_method(m) for m in methods}
-    fields = {m: {f.name for f in dataclasses.fields(s.options)} for m, s in specs.items()}
-    out: dict[str, dict[str, str]] = {m: {} for m in methods}
-    for pair in pairs:
-        key, sep, value = pair.partition("=")
-        if not sep or not key:
-            raise ValueError(f"--option expects [METHOD.]KEY=VALUE, got {pair!r}")
-        target, dot, key = key.rpartition(".")
-        key = key.replace("-", "_")
-        if dot:
-            if target not in out:
-                raise ValueError(f"--option {pair!r}: {target!r} is not one of --methods")
-            out[target][key] = value
-        else:
-            having = [m for m in methods if key in fields[m]]
-            if not having:
-                raise ValueError(f"--option {pair!r}: no method in --methods has option {key!r}")
-            for m in having:
-                out[m][key] = value
-    for m, opts in out.items():
-        resolve_options(specs[m], opts)
-    return out
+    return {m: resolve(m, opts) for m, opts in method_pairs(pairs, methods).items()}
 
 
 def _row(rec: dict) -> dict:
@@ -90,28 +72,14 @@ def _row(rec: dict) -> dict:
             "nfe": rec["nfe"]}
 
 
-def _publish(dest: Path, write, overwrite: bool) -> None:
-    """``write(tmp)`` then publish to ``dest`` (`medrecon.datasets.publish`: no-clobber unless
-    ``overwrite``; the temp is removed on error)."""
-    from medrecon.datasets.publish import publish, temp_path
-
-    tmp = temp_path(dest)
-    try:
-        write(tmp)
-    except BaseException:
-        tmp.unlink(missing_ok=True)
-        raise
-    publish(tmp, dest, overwrite)
-
-
 def write_tables(folder: Path, rows: list[dict], records: list[dict], meta: dict,
-                 overwrite: bool = True) -> None:
+                 overwrite: bool = True, columns: tuple[str, ...] = COLUMNS) -> None:
     """``results.csv`` and ``results.json``; files written name the input by its file name."""
-    from medrecon.datasets.publish import printable
+    from medrecon.datasets.publish import printable, write_published
 
     def table(tmp):
         with open(tmp, "w", newline="") as fh:
-            w = csv.DictWriter(fh, fieldnames=COLUMNS)
+            w = csv.DictWriter(fh, fieldnames=columns)
             w.writeheader()
             w.writerows(rows)
 
@@ -119,8 +87,8 @@ def write_tables(folder: Path, rows: list[dict], records: list[dict], meta: dict
              for r in records]
     meta = {**meta, "file": printable(Path(meta["file"]).name)} if meta.get("file") else meta
     text = json.dumps({**meta, "results": named}, indent=2)
-    _publish(folder / "results.csv", table, overwrite)
-    _publish(folder / "results.json", lambda tmp: tmp.write_text(text), overwrite)
+    write_published(folder / "results.csv", table, overwrite)
+    write_published(folder / "results.json", lambda tmp: tmp.write_text(text), overwrite)
 
 
 def _print_table(rows: list[dict]) -> None:
@@ -151,6 +119,8 @@ def write_figures(folder: Path, rows: list[dict], images: dict, ref,
     """``images.png`` (reconstructions + error maps per R) and ``metrics.png``."""
     import matplotlib
 
+    from medrecon.datasets.publish import write_published
+
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
     import numpy as np
@@ -174,7 +144,7 @@ def write_figures(folder: Path, rows: list[dict], images: dict, ref,
         for ax in (*top, *bottom):
             ax.axis("off")
     fig.tight_layout()
-    _publish(folder / "images.png", lambda tmp: fig.savefig(tmp, dpi=100, format="png"),
+    write_published(folder / "images.png", lambda tmp: fig.savefig(tmp, dpi=100, format="png"),
              overwrite)
     plt.close(fig)
     fig, axes = plt.subplots(1, 3, figsize=(11, 3.2))
@@ -187,17 +157,101 @@ def write_figures(folder: Path, rows: list[dict], images: dict, ref,
         ax.set_title(key.upper())
     axes[0].legend(fontsize=8)
     fig.tight_layout()
-    _publish(folder / "metrics.png", lambda tmp: fig.savefig(tmp, dpi=100, format="png"),
+    write_published(folder / "metrics.png", lambda tmp: fig.savefig(tmp, dpi=100, format="png"),
              overwrite)
     plt.close(fig)
     return [folder / "images.png", folder / "metrics.png"]
+
+
+def _modality(methods: list[str]) -> str:
+    """"mri" or "ct": the one modality of ``methods`` (mixing them is a usage error)."""
+    from medrecon.registry import get_method
+
+    kinds = {get_method(m).modality for m in methods}
+    if len(kinds) > 1:
+        raise ValueError(f"--methods {','.join(methods)} mixes MRI and CT methods; compare "
+                         "methods of one modality on one input")
+    return kinds.pop()
+
+
+def _prepare_folder(args, names: tuple[str, ...]) -> Path | None:
+    """``--out`` before any work: never an input, no clobbering without ``--overwrite``,
+    ``recon/`` made, stale temps removed, writability probed."""
+    if not args.out:
+        return None
+    from medrecon.datasets.publish import probe_writable, refuse_input_overlap, remove_stale_temps
+
+    folder = Path(args.out)
+    outputs = [folder / n for n in names]
+    refuse_input_overlap([*outputs, folder / "recon"], [args.input])
+    clash = [o for o in outputs if o.exists()]
+    if clash and not args.overwrite:
+        raise FileExistsError(f"{clash[0]} exists; pass --overwrite")
+    (folder / "recon").mkdir(parents=True, exist_ok=True)
+    for d in (folder, folder / "recon"):
+        remove_stale_temps(d)
+        probe_writable(d)
+    return folder
+
+
+def _one_run(args, method: str, mask, out, opts, label: str) -> dict | None:
+    """One `reconstruct_file` run (its record printed with ``--json``); a failure is reported
+    on stderr as ``label: error`` and gives None."""
+    from medrecon.pipeline import reconstruct_file
+
+    progress = not args.quiet and sys.stderr.isatty()
+    try:
+        rec = reconstruct_file(args.input, method, mask, args.slices, out, args.overwrite,
+                               progress, args.device, seed=args.sample_seed, options=opts)
+    except (ValueError, OSError, KeyError, RuntimeError) as exc:
+        print(f"medrecon compare: error: {label}: {exc}", file=sys.stderr)
+        return None
+    if args.json:
+        print(json.dumps(rec), flush=True)
+    return rec
+
+
+CT_COLUMNS = ("method", "rmse_hu", "psnr", "ssim", "seconds", "seconds_per_slice", "nfe")
+
+
+def _run_ct(args, methods: list[str], options: dict) -> int:
+    """CT methods on one CT scan (DICOM CT series or sinogram file): one run per method (the
+    accelerations and mask flags do not apply), scored in HU against the scan's reference;
+    ``--out`` receives results.csv / results.json and ``recon/<method>.h5`` (no figures)."""
+    from medrecon.metrics import fmt_metric
+
+    folder = _prepare_folder(args, ("results.json", "results.csv"))
+    rows, records, failed = [], [], 0
+    for m in methods:
+        rec = _one_run(args, m, None, folder / "recon" / f"{m}.h5" if folder else None,
+                       options[m], m)
+        if rec is None:
+            failed += 1
+            continue
+        records.append(rec)
+        mets = rec["metrics"] or {}
+        rows.append({"method": m, **{k: mets.get(k) for k in ("rmse_hu", "psnr", "ssim")},
+                     **{k: rec[k] for k in ("seconds", "seconds_per_slice", "nfe")}})
+    if not args.json:
+        print(f"{'method':<22} {'RMSE HU':>8} {'PSNR dB':>8} {'SSIM':>7} {'seconds':>8} {'NFE':>5}")
+        for r in rows:
+            print(f"{r['method']:<22} {fmt_metric(r['rmse_hu'], '.1f', 8)} "
+                  f"{fmt_metric(r['psnr'], '.2f', 8)} {fmt_metric(r['ssim'], '.4f', 7)} "
+                  f"{r['seconds']:8.2f} {r['nfe']:>5}")
+    if folder is not None and rows:
+        meta = {"file": str(args.input), "slices": records[0]["slices"],
+                "sample_seed": args.sample_seed}
+        write_tables(folder, rows, records, meta, args.overwrite, columns=CT_COLUMNS)
+        print(f"results in {folder}", file=sys.stderr if args.json else sys.stdout)
+    return 1 if failed else 0
 
 
 def run(args) -> int:
     import h5py
 
     from medrecon.datasets.fastmri import FastMRIFile
-    from medrecon.pipeline import MaskSpec, parse_slices, reconstruct_file
+    from medrecon.inputs import parse_slices
+    from medrecon.pipeline import MaskSpec
 
     methods = [m.strip() for m in args.methods.split(",") if m.strip()]
     accs = [_number(a) for a in args.accelerations.split(",") if a.strip()]
@@ -206,43 +260,26 @@ def run(args) -> int:
     if not 0 < args.center_fraction < 1:
         raise ValueError(f"--center-fraction must be in (0, 1), got {args.center_fraction}")
     options = method_options(methods, args.option)
+    if _modality(methods) == "ct":
+        return _run_ct(args, methods, options)
     with FastMRIFile(args.input) as f:
         if f.mask is not None:
             raise ValueError(f"{args.input}: has its own mask (undersampled test data); compare "
                              "needs fully sampled k-space")
         rows_sel = parse_slices(args.slices, f.num_slices)
-    folder = Path(args.out) if args.out else None
-    if folder is not None:
-        from medrecon.datasets.publish import (probe_writable, refuse_input_overlap,
-                                               remove_stale_temps)
-        outputs = [folder / n for n in ("results.json", "results.csv", "images.png",
-                                        "metrics.png")]
-        refuse_input_overlap([*outputs, folder / "recon"], [args.input])
-        clash = [o for o in outputs if o.exists()]
-        if clash and not args.overwrite:
-            raise FileExistsError(f"{clash[0]} exists; pass --overwrite")
-        (folder / "recon").mkdir(parents=True, exist_ok=True)
-        for d in (folder, folder / "recon"):
-            remove_stale_temps(d)
-            probe_writable(d)
-    progress = not args.quiet and sys.stderr.isatty()
+    folder = _prepare_folder(args, ("results.json", "results.csv", "images.png", "metrics.png"))
     rows, records, images, failed = [], [], {}, 0
     middle = len(rows_sel) // 2
     for acc in accs:
         mask = MaskSpec(args.mask, acc, args.center_fraction, args.seed)
         for m in methods:
             out = folder / "recon" / f"{m}_R{acc}.h5" if folder else None
-            try:
-                rec = reconstruct_file(args.input, m, mask, args.slices, out, args.overwrite,
-                                       progress, args.device, seed=args.sample_seed, **options[m])
-            except (ValueError, OSError, KeyError, RuntimeError) as exc:
+            rec = _one_run(args, m, mask, out, options[m], f"{m} R={acc}")
+            if rec is None:
                 failed += 1
-                print(f"medrecon compare: error: {m} R={acc}: {exc}", file=sys.stderr)
                 continue
             records.append(rec)
             rows.append(_row(rec))
-            if args.json:
-                print(json.dumps(rec), flush=True)
             if out is not None:
                 with h5py.File(out, "r") as fh:
                     images[(m, acc)] = fh["reconstruction"][middle]

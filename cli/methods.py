@@ -1,4 +1,4 @@
-"""`medrecon methods`: the registered reconstruction methods with their option defaults."""
+"""`medrecon methods`: the registered reconstruction methods (MRI and CT) with their option defaults."""
 from __future__ import annotations
 
 import json
@@ -15,9 +15,10 @@ def run(args) -> int:
 
     for spec in list_methods():
         if args.json:
-            print(json.dumps({"name": spec.name, "kind": spec.kind, "description": spec.description,
-                              "needs_smaps": spec.needs_smaps, "options": spec.defaults()}))
+            print(json.dumps({"name": spec.name, "kind": spec.kind, "modality": spec.modality,
+                              "description": spec.description, "needs_smaps": spec.needs_smaps,
+                              "prior": spec.prior, "options": spec.defaults()}))
         else:
             opts = ", ".join(f"{k}={v}" for k, v in spec.defaults().items()) or "-"
-            print(f"{spec.name:<14} {spec.description}\n{'':<14} options: {opts}")
+            print(f"{spec.name:<14} [{spec.modality}] {spec.description}\n{'':<14} options: {opts}")
     return 0

@@ -1,4 +1,4 @@
-"""`medrecon recon`: reconstruct fastMRI HDF5 files, DICOM MR series or NIfTI volumes.
+"""`medrecon recon`: reconstruct fastMRI HDF5 files, DICOM MR series, NIfTI volumes or CT scans.
 
     medrecon recon INPUT [INPUT ...] --method cg-sense [--mask equispaced_fraction
         --acceleration 4 --center-fraction 0.08 --seed 0] [--sample-seed N] [--slices a:b]
@@ -6,8 +6,10 @@
         [--overwrite] [--keep-phi] [--allow-irregular-spacing] [--json]
         [--option key=value ...] [--device cuda --batch-size 8] [--quiet]
 
-INPUT may be files or folders: a folder of ``*.h5`` / ``*.nii`` / ``*.nii.gz`` files (every one
-inside), else the folder is read as one DICOM series.  A fastMRI file's own ``mask``
+INPUT may be files or folders (`medrecon.inputs.find_inputs`, the same reading as ``medrecon
+batch``): a folder gives its volume files (``.h5``, ``.hdf5``, ``.nii``, ``.nii.gz``, ``.npz``,
+``.npy``) and its sub-folders (one DICOM series each), or, holding neither, is itself one DICOM
+series.  A fastMRI file's own ``mask``
 (test/challenge data) is used when present; otherwise the fully sampled data are undersampled
 retrospectively and scored against their RSS image.  DICOM and NIfTI hold images, not k-space:
 each slice is simulated as k-space (``--coils``, `medrecon.image_inputs`), undersampled with the
@@ -19,7 +21,13 @@ folder itself is the series when there is one input).  Outputs keep the input's 
 DICOM output of a DICOM input also its patient/study).  ``--seed`` (alias ``--mask-seed``) seeds
 the retrospective mask; ``--sample-seed`` the diffusion sampler.  ``--steps``/``--solver``/
 ``--cache`` set the method options ``steps``/``solver``/``cache`` (an error for a method without
-that option).  CT inputs or CT methods go to `medrecon.ct.recon.run_cli`.
+that option).  ``-o KEY=VALUE`` strings are parsed once, here (`medrecon.options`), into the
+method's options dataclass, which is passed down.
+
+CT: with a CT method (``fbp``, ``latent-cold-diffusion``, ``pixel-ddpm``; `medrecon methods`) the
+inputs are DICOM CT series or sinogram files (`medrecon.ct.inputs`), the mask flags are unused,
+and a folder ``--out`` defaults to ``--format dicom`` (a CT series in HU).  A CT input with an
+MRI method is a usage error.
 
 Inputs are never written: an output that is an input, lies inside an input series folder,
 holds an input, or whose folder is an input folder is a usage error whatever ``--overwrite``
@@ -40,16 +48,17 @@ import json
 import sys
 from pathlib import Path
 
-OUTPUT_FORMATS = ("h5", "nifti", "dicom")  # = medrecon.pipeline.OUTPUT_FORMATS (lazy import)
+OUTPUT_FORMATS = ("h5", "nifti", "dicom")  # = medrecon.outputs.OUTPUT_FORMATS (lazy import)
 # sugar flag -> method option it sets
 SUGAR = {"steps": "steps", "solver": "solver", "cache": "cache"}
 
 
 def register(subparsers) -> None:
     p = subparsers.add_parser(
-        "recon", help="reconstruct fastMRI HDF5, DICOM MR series or NIfTI",
-        description="Reconstruct fastMRI HDF5 k-space, or DICOM MR series / NIfTI volumes "
-        "through retrospectively simulated k-space, with any registered method.  Exit codes: "
+        "recon", help="reconstruct fastMRI HDF5, DICOM MR series, NIfTI or CT scans",
+        description="Reconstruct fastMRI HDF5 k-space, DICOM MR series / NIfTI volumes "
+        "through retrospectively simulated k-space, or CT scans (DICOM CT series, sinogram "
+        "files), with any registered method.  Exit codes: "
         "0 all inputs done, 1 some inputs failed, 2 usage error.")
     p.add_argument("inputs", nargs="+", help="fastMRI .h5 / .nii / .nii.gz files, DICOM series "
                    "folders or files, or folders of .h5 / NIfTI files")
@@ -70,18 +79,23 @@ def register(subparsers) -> None:
                    help="output format (default: from the --out extension, else h5)")
     p.add_argument("--overwrite", action="store_true",
                    help="replace existing outputs (only what medrecon wrote; never an input)")
-    p.add_argument("--keep-phi", action="store_true",
-                   help="DICOM output of a DICOM input: keep its patient/study identifiers "
-                   "(default: de-identified)")
-    p.add_argument("--allow-irregular-spacing", action="store_true",
-                   help="DICOM/NIfTI inputs: accept unevenly spaced slices")
+    add_run_arguments(p)
     p.add_argument("--json", action="store_true", help="print one JSON object per volume")
+    p.add_argument("--quiet", action="store_true", help="no progress bars")
+    p.set_defaults(func=run)
+
+
+def add_run_arguments(p) -> None:
+    """The method option, device and input/output flags shared by `recon` and `batch`."""
     p.add_argument("--option", "-o", action="append", default=[], metavar="KEY=VALUE",
                    help="method option, repeatable (e.g. -o max_iter=20)")
     p.add_argument("--device", default=None, help="torch device, e.g. cuda")
     p.add_argument("--batch-size", type=int, default=1, help="slices per call (GPU: e.g. 8)")
-    p.add_argument("--quiet", action="store_true", help="no progress bars")
-    p.set_defaults(func=run)
+    p.add_argument("--keep-phi", action="store_true",
+                   help="DICOM output of a DICOM input: keep its patient/study identifiers "
+                   "(default: de-identified, DICOM PS3.15 basic profile)")
+    p.add_argument("--allow-irregular-spacing", action="store_true",
+                   help="DICOM/NIfTI inputs: accept unevenly spaced slices")
 
 
 def add_sampling_arguments(p) -> None:
@@ -96,43 +110,28 @@ def add_sampling_arguments(p) -> None:
     p.add_argument("--slices", default=None, help="slice range 'a:b' or one index")
 
 
-def _options(pairs: list[str], flag: str = "--option") -> dict[str, str]:
-    """KEY=VALUE pairs of a repeatable flag as a dict (dashes in keys become underscores)."""
-    out = {}
-    for pair in pairs:
-        key, sep, value = pair.partition("=")
-        if not sep or not key:
-            raise ValueError(f"{flag} expects KEY=VALUE, got {pair!r}")
-        out[key.replace("-", "_")] = value
-    return out
-
-
 def _sugar(args) -> dict[str, str]:
     """The option values set by --steps/--solver/--cache (conflicts with -o are usage errors)."""
+    from medrecon.options import parse_pairs
+
     given = {opt: str(getattr(args, flag)) for flag, opt in SUGAR.items()
              if getattr(args, flag) is not None}
     if args.steps is not None and args.steps < 1:
         raise ValueError(f"--steps must be >= 1, got {args.steps}")
-    explicit = _options(args.option)
+    explicit = parse_pairs(args.option)
     for opt, value in given.items():
         if opt in explicit and explicit[opt] != value:
             raise ValueError(f"--{opt} {value} contradicts -o {opt}={explicit[opt]}")
     return given
 
 
-def _check_sugar(method: str, given: dict[str, str]) -> None:
-    """Each sugar flag needs its option in the method's option dataclass; name who has it."""
-    import dataclasses
+def resolve_cli_options(args, sugar: dict[str, str] | None = None):
+    """``args.method``'s options dataclass from ``-o`` (and the sugar flags), parsed once."""
+    from medrecon.options import check_option_names, parse_pairs, resolve
 
-    from medrecon.registry import get_method, list_methods
-
-    fields = {f.name for f in dataclasses.fields(get_method(method).options)}
-    for opt in given:
-        if opt not in fields:
-            having = [s.name for s in list_methods()
-                      if opt in {f.name for f in dataclasses.fields(s.options)}]
-            raise ValueError(f"--{opt}: method {method!r} has no option {opt!r}; methods with it: "
-                             f"{', '.join(having) or '(none yet)'}")
+    sugar = sugar or {}
+    check_option_names(args.method, sugar)
+    return resolve(args.method, {**parse_pairs(args.option), **sugar})
 
 
 def check_device(device: str | None) -> None:
@@ -162,13 +161,13 @@ def check_device(device: str | None) -> None:
 
 def plan_outputs(out: str | None, files: list[Path], given, fmt: str | None,
                  default: str = "h5") -> list[tuple[Path | None, str]]:
-    """(output path, format) per input (`medrecon.pipeline.output_target`), refusing before
+    """(output path, format) per input (`medrecon.outputs.output_target`), refusing before
     anything is written any output that is an input, lies in an input series folder, holds an
     input, or whose folder is an input folder (`medrecon.datasets.publish.refuse_input_overlap`;
     ``given``: the paths as typed, folders of inputs included), and two inputs sharing one
     output.  Creates nothing."""
     from medrecon.datasets.publish import printable, refuse_input_overlap
-    from medrecon.pipeline import input_paths, output_paths, output_target
+    from medrecon.outputs import input_paths, output_paths, output_target
 
     plans = [output_target(out, src, len(files), fmt, default=default) for src in files]
     seen: dict[Path, Path] = {}
@@ -212,25 +211,16 @@ def _error_line(src: Path, exc: BaseException) -> str:
     return msg if name in msg else f"{name}: {msg}"
 
 
-def _ct_module():
-    """`medrecon.ct.recon` when it exists (None while it is not written yet)."""
-    import importlib
+def _refuse_ct_inputs(method: str, files: list[Path]) -> None:
+    """A CT input with an MRI method is a usage error naming the CT methods."""
+    from medrecon.ct.inputs import is_ct_input
+    from medrecon.registry import list_methods
 
-    try:
-        return importlib.import_module("medrecon.ct.recon")
-    except ModuleNotFoundError as exc:
-        if exc.name in ("medrecon.ct.recon", "medrecon.ct"):
-            return None
-        raise
-
-
-def _is_ct(ct, path: Path) -> bool:
-    """``ct.is_ct_input``; an unreadable input is not CT here (it fails as an MRI input, with
-    the reader's error, exit code 1)."""
-    try:
-        return path.exists() and bool(ct.is_ct_input(path))
-    except Exception:
-        return False
+    ct = [p for p in files if is_ct_input(p)]
+    if ct:
+        names = ", ".join(s.name for s in list_methods() if s.modality == "ct")
+        raise ValueError(f"--method {method!r} is not a CT method; CT inputs (e.g. "
+                         f"{ct[0]}) take one of {names}")
 
 
 def _check_usage(args) -> None:
@@ -248,30 +238,24 @@ def _check_usage(args) -> None:
 def run(args) -> int:
     from tqdm.auto import tqdm
 
-    from medrecon.image_inputs import find_inputs
+    from medrecon.datasets.publish import printable
+    from medrecon.inputs import find_inputs
+    from medrecon.pipeline import MaskSpec, reconstruct_file
+    from medrecon.registry import get_method
 
     _check_usage(args)
     sugar = _sugar(args)
-    files = find_inputs(args.inputs)
-    ct = _ct_module()
-    is_ct = ct is not None and (args.method in ct.CT_METHODS or any(_is_ct(ct, p) for p in files))
-    plans = plan_outputs(args.out, files, args.inputs, args.format,  # usage errors: exit 2
-                         default="dicom" if is_ct else "h5")
-    if is_ct:
-        explicit = _options(args.option)  # the sugar flags travel as options
-        args.option = list(args.option) + [f"{k}={v}" for k, v in sugar.items()
-                                           if k not in explicit]
-        prepare_output_folders(plans)
-        return int(ct.run_cli(args, files) or 0)
-
-    from medrecon.datasets.publish import printable
-    from medrecon.pipeline import MaskSpec, reconstruct_file
-    from medrecon.registry import get_method, resolve_options
-
     spec = get_method(args.method)  # fail early on an unknown method or option
-    _check_sugar(args.method, sugar)
-    options = {**_options(args.option), **sugar}
-    resolve_options(spec, options)
+    options = resolve_cli_options(args, sugar)
+    files = find_inputs(args.inputs)
+    ct = spec.modality == "ct"
+    if not ct:
+        _refuse_ct_inputs(args.method, files)
+    plans = plan_outputs(args.out, files, args.inputs, args.format,  # usage errors: exit 2
+                         default="dicom" if ct else "h5")
+    prepare = getattr(spec.fn, "prepare", None)
+    if prepare is not None:  # e.g. load a CT denoiser's networks: a bad checkpoint is a usage error
+        prepare(options, args.device)
     acc = int(args.acceleration) if float(args.acceleration).is_integer() else args.acceleration
     mask = MaskSpec(args.mask, acc, args.center_fraction, args.seed)
     prepare_output_folders(plans)  # after every usage check: a usage error creates nothing
@@ -286,7 +270,7 @@ def run(args) -> int:
                                    out_format=fmt, batch_size=args.batch_size,
                                    coils=args.coils, keep_phi=args.keep_phi,
                                    allow_irregular_spacing=args.allow_irregular_spacing,
-                                   **options)
+                                   options=options)
         except (ValueError, OSError, KeyError, RuntimeError) as exc:
             failed += 1
             tqdm.write(f"medrecon recon: error: {_error_line(src, exc)}", file=sys.stderr)
@@ -294,11 +278,19 @@ def run(args) -> int:
         if args.json:
             print(json.dumps(rec, allow_nan=False), flush=True)
         else:
-            from medrecon.metrics import summary
-
-            m = rec["metrics"]
-            score = summary(m) if m else "no reference (file has its own mask)"
             dest = f" -> {printable(rec['output'])}" if rec["output"] else ""
             tqdm.write(f"{printable(src.name)}: {args.method} {rec['seconds']:.2f} s  "
-                       f"{score}{dest}", file=sys.stdout)
+                       f"{_score(rec['metrics'], ct)}{dest}", file=sys.stdout)
     return 1 if failed else 0
+
+
+def _score(m: dict | None, ct: bool) -> str:
+    """One line of a record's metrics (MRI: PSNR/SSIM/NMSE; CT: RMSE in HU, PSNR, SSIM)."""
+    from medrecon.metrics import fmt_metric, summary
+
+    if not m:
+        return "no reference" if ct else "no reference (file has its own mask)"
+    if ct:
+        return (f"RMSE {m['rmse_hu']:.1f} HU  PSNR {fmt_metric(m['psnr'], '.2f')} dB  "
+                f"SSIM {m['ssim']:.4f}")
+    return summary(m)

@@ -134,9 +134,9 @@ _GENERIC_DEFAULTS = {"preset": "tiny", "objective": "eps", "steps": 1000, "batch
 
 
 def _recipe_options(pairs: list[str]) -> dict[str, str]:
-    from medrecon.cli.recon import _options
+    from medrecon.options import parse_pairs
 
-    return _options(pairs, "--recipe-option")
+    return parse_pairs(pairs, "--recipe-option")
 
 
 def _run(args) -> int:

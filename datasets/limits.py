@@ -1,15 +1,35 @@
-"""Allocation guard of the readers: a file's header declares how much it holds, and a corrupt or
-hostile header (an HDF5 dataset claiming 10^12 elements, a NIfTI ``dim`` of 2^31) must give a
-clear error *before* the reader allocates that much, not a MemoryError or a machine brought to
-swap.  Readers call `check_read_size` with the bytes they are about to allocate.
+"""Guards of the readers against corrupt or hostile files.
 
-The cap is half the physical memory, or ``MEDRECON_MAX_READ_BYTES`` (bytes) when set.
+Allocation: a file's header declares how much it holds, and a corrupt or hostile header (an HDF5
+dataset claiming 10^12 elements, a NIfTI ``dim`` of 2^31) must give a clear error *before* the
+reader allocates that much, not a MemoryError or a machine brought to swap.  Readers call
+`check_read_size` with the bytes they are about to allocate.  The cap is half the physical
+memory, or ``MEDRECON_MAX_READ_BYTES`` (bytes) when set.
+
+Errors: the libraries under the readers (pydicom, numpy, zipfile, h5py) raise many exception
+types on truncated or bit-flipped files; `reader_errors` turns them into one ValueError that
+names the file.
 """
 from __future__ import annotations
 
+import contextlib
 import os
 
-__all__ = ["max_read_bytes", "check_read_size", "check_h5_dataset"]
+__all__ = ["max_read_bytes", "check_read_size", "check_h5_dataset", "reader_errors"]
+
+
+@contextlib.contextmanager
+def reader_errors(path, what: str, errors: tuple[type[BaseException], ...]):
+    """Inside the block, a ValueError not naming ``path`` gets ``"{path}: "`` in front, and any
+    of ``errors`` becomes ``ValueError("{path}: {what} ({type}: {message})")``."""
+    try:
+        yield
+    except ValueError as exc:
+        if str(path) in str(exc):
+            raise
+        raise ValueError(f"{path}: {exc}") from None
+    except errors as exc:
+        raise ValueError(f"{path}: {what} ({type(exc).__name__}: {exc})") from None
 
 
 def max_read_bytes() -> int:

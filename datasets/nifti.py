@@ -19,7 +19,7 @@ import nibabel as nib
 import numpy as np
 
 from .limits import check_read_size
-from .publish import OutputExistsError, printable, publish, publish_pair, temp_path
+from .publish import OutputExistsError, printable, publish, publish_pair, write_temp
 from .geometry import (affine_to_dicom, dicom_affine, from_disk_order, lps_to_ras, ras_to_lps,
                        to_disk_order)
 
@@ -123,26 +123,6 @@ def read_nifti(path) -> NiftiVolume:
     return NiftiVolume(np.ascontiguousarray(vol, dtype=np.float32), affine, info)
 
 
-def _write_temp(path: Path, write) -> Path:
-    """Call ``write(tmp)`` for a fresh temp name next to ``path`` (same extension); the temp is
-    removed if ``write`` fails."""
-    tmp = temp_path(path)
-    try:
-        write(str(tmp))
-    except BaseException:
-        if os.path.lexists(tmp):
-            os.unlink(tmp)
-        raise
-    return tmp
-
-
-def _atomic_write(path: Path, write, overwrite: bool = True) -> Path:
-    """Call ``write(tmp_path)`` for a temp file next to ``path``, then publish it
-    (`medrecon.datasets.publish.publish`; replaces an existing file unless ``overwrite=False``)."""
-    path = Path(path)
-    return publish(_write_temp(path, write), path, overwrite)
-
-
 def write_nifti(volume, path, affine, overwrite: bool = False, sidecar: dict | None = None,
                 dtype=None) -> Path:
     """Write ``volume`` ``[slices, rows, cols]`` with its RAS ``affine`` (for those indices).
@@ -181,11 +161,11 @@ def write_nifti(volume, path, affine, overwrite: bool = False, sidecar: dict | N
     img.set_sform(disk_affine, code=1)
     img.set_qform(disk_affine, code=1)
     img.header.set_xyzt_units("mm", "sec")
-    tmp = _write_temp(path, lambda t: nib.save(img, t))
+    tmp = write_temp(path, lambda t: nib.save(img, t))
     if side is None:
         return publish(tmp, path, overwrite)
     try:
-        side_tmp = _write_temp(side, lambda t: Path(t).write_text(text))
+        side_tmp = write_temp(side, lambda t: Path(t).write_text(text))
     except BaseException:
         os.unlink(tmp)
         raise

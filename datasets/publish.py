@@ -1,7 +1,8 @@
 """Publishing outputs: temp file -> final name, never clobbering what another process wrote.
 
 Every medrecon writer builds its output under a `temp_path` next to the destination and then
-calls `publish` (or `publish_pair` for an image and its JSON sidecar):
+calls `publish` (or `publish_pair` for an image and its JSON sidecar); `write_published` does
+both for a writer given as a function of the temp path:
 
 - **No clobber, atomic against other processes.**  Without ``overwrite`` the temp file is
   hard-linked to the destination (``os.link`` fails with EEXIST if the name exists, checked and
@@ -33,8 +34,8 @@ from typing import Iterable
 from .permissions import public_mode
 
 __all__ = ["OutputExistsError", "InputOverlapError", "TEMP_PREFIX", "temp_path", "publish",
-           "publish_pair", "remove_stale_temps", "refuse_input_overlap", "probe_writable",
-           "printable"]
+           "publish_pair", "write_temp", "write_published", "remove_stale_temps",
+           "refuse_input_overlap", "probe_writable", "printable"]
 
 TEMP_PREFIX = ".medrecon-tmp-"
 _NO_LINK = {errno.EPERM, errno.EOPNOTSUPP, errno.ENOTSUP, errno.ENOSYS, errno.EMLINK,
@@ -187,6 +188,25 @@ def publish(tmp, dest, overwrite: bool = False) -> Path:
         if os.path.lexists(tmp):
             os.unlink(tmp)
     return dest
+
+
+def write_temp(dest, write) -> Path:
+    """Call ``write(tmp)`` for a fresh `temp_path` next to ``dest`` (same extension); return
+    ``tmp``.  The temp file is removed if ``write`` fails."""
+    tmp = temp_path(dest)
+    try:
+        write(tmp)
+    except BaseException:
+        if os.path.lexists(tmp):
+            os.unlink(tmp)
+        raise
+    return tmp
+
+
+def write_published(dest, write, overwrite: bool = True) -> Path:
+    """Call ``write(tmp)`` for a temp file next to ``dest``, then `publish` it as ``dest``
+    (replacing an existing file unless ``overwrite=False``).  Returns ``dest`` as a Path."""
+    return publish(write_temp(dest, write), dest, overwrite)
 
 
 def _same_file(a, b) -> bool:

@@ -17,15 +17,15 @@ Sub-packages: ``medrecon.physics`` (operators, FFTs, masks, coils), ``medrecon.m
 ``medrecon.accel`` (DeepCache, timestep tuning), ``medrecon.cli``.
 """
 from medrecon.metrics import evaluate, nmse, psnr, ssim
+from medrecon.provenance import __version__
 from medrecon.pipeline import MaskSpec, reconstruct_file
 from medrecon.reconstruct import ReconResult, reconstruct
 from medrecon.reconstructor import Reconstructor
 from medrecon.registry import get_method, list_methods, register_method
 from medrecon.sample import SOLVERS, sample, solver_options, timesteps_for
 from medrecon.spirit_cg import spirit_cg
-from medrecon.testing import GaussianPrior
+from medrecon.gaussian_prior import GaussianPrior
 
-__version__ = "0.1.0"
 
 __all__ = [
     "reconstruct", "ReconResult", "Reconstructor", "reconstruct_file", "MaskSpec",

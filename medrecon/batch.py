@@ -1,8 +1,9 @@
-"""Batch reconstruction of many fastMRI volumes: one task per volume, on Ray or in-process.
+"""Batch reconstruction of many volumes (MRI or CT): one task per volume, on Ray or in-process.
 
 ``run_batch(inputs, out_dir, method, ...)`` runs `medrecon.pipeline.reconstruct_file` once per
 input volume and writes ``OUT_DIR/<input name>`` (``.h5``; ``.nii.gz`` or a DICOM series folder
-with ``out_format``).  It is what ``medrecon batch`` runs.
+with ``out_format``; CT methods default to a DICOM series).  Inputs are read as ``medrecon
+recon`` reads them (`medrecon.inputs.find_inputs`).  It is what ``medrecon batch`` runs.
 
 - **Executors.**  With Ray installed (the ``medrecon[distributed]`` extra) each volume is one Ray
   task asking for ``num_cpus`` CPUs and ``num_gpus`` GPUs (fractions share a GPU; with GPUs the
@@ -19,7 +20,8 @@ with ``out_format``).  It is what ``medrecon batch`` runs.
   options, mask, slices, sampling seed, format, the digest of the prior's weights
   (`medrecon.provenance.prior_digest`) and the medrecon version.  A rerun skips a volume only
   when its output exists and its marker holds exactly these settings, or, with no marker (a crash
-  between the two renames), when the output's own metadata records exactly these settings.  Any
+  between the two renames), when the output's own metadata records exactly these settings
+  (`medrecon.batch_resume`; CT settings have ``mask`` null).  Any
   other output at an output path is redone with ``overwrite`` and a failure without it.
 - **Inputs are never outputs.**  ``out_dir`` may not be, or lie inside, an input folder, and no
   output may be an input (`medrecon.datasets.publish.refuse_input_overlap`), whatever
@@ -31,7 +33,7 @@ with ``out_format``).  It is what ``medrecon batch`` runs.
   ``OUT_DIR/batch-failures.jsonl`` (one JSON object per line: file, output, error, traceback,
   attempts; rewritten by each run) and the batch goes on.  A task whose worker process dies
   (killed, out of memory) is retried up to ``max_retries`` times by Ray; ``attempts`` counts the
-  tries, so a volume with ``attempts > 1`` was retried after a worker died.
+  tries, so a volume with ``attempts > 1`` was retried after a worker died (`medrecon.batch_ray`).
 - **Plugins.**  ``plugins`` (module names or ``.py`` files) are imported in every worker before
   it reconstructs, so methods registered outside medrecon run on the cluster too.
 
@@ -46,23 +48,24 @@ import importlib.util
 import json
 import os
 import shutil
-import signal
 import sys
-import threading
 import time
 import traceback
 import uuid
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable, Iterable, Sequence
+from typing import Any, Callable, Sequence
 
-from medrecon.pipeline import OUTPUT_FORMATS, MaskSpec, output_name, reconstruct_file
-from medrecon.batch_reaper import start_reaper
+from medrecon.batch_ray import ray_module, run_on_ray, sigterm_exits
+from medrecon.batch_resume import marker_path, prior_state, write_json
 from medrecon.datasets.publish import remove_stale_temps
+from medrecon.inputs import find_inputs
+from medrecon.outputs import OUTPUT_FORMATS, output_name
+from medrecon.pipeline import MaskSpec, reconstruct_file
 from medrecon.provenance import medrecon_version, prior_digest
 
-__all__ = ["run_batch", "BatchSummary", "VolumeResult", "find_inputs", "output_name",
-           "load_plugins", "STATE_DIR", "FAILURES_FILE"]
+__all__ = ["run_batch", "BatchSummary", "VolumeResult", "load_plugins", "STATE_DIR",
+           "FAILURES_FILE"]
 
 STATE_DIR = ".medrecon-batch"
 FAILURES_FILE = "batch-failures.jsonl"
@@ -144,29 +147,6 @@ class _Job:
     allow_irregular_spacing: bool = False
 
 
-_VOLUME_SUFFIXES = (".h5", ".nii.gz", ".nii")
-
-
-def find_inputs(inputs: str | Path | Iterable[str | Path]) -> list[Path]:
-    """Files as given; a folder -> every fastMRI ``*.h5`` / NIfTI ``*.nii(.gz)`` inside and every
-    sub-folder (one DICOM series each), sorted; a folder holding none of them is an error."""
-    items = [inputs] if isinstance(inputs, (str, Path)) else list(inputs)
-    files: list[Path] = []
-    for item in items:
-        p = Path(item)
-        if p.is_dir():
-            found = sorted(q for q in p.iterdir() if not q.name.startswith(".") and (
-                q.is_dir() or (q.is_file() and q.name.lower().endswith(_VOLUME_SUFFIXES))))
-            if not found:
-                raise ValueError(f"{p}: folder contains no .h5/.nii/.nii.gz files or DICOM series folders")
-            files += found
-        else:
-            files.append(p)
-    if not files:
-        raise ValueError("no inputs given")
-    return files
-
-
 def load_plugins(plugins: Sequence[str]) -> None:
     """Import each module name or ``.py`` file once per process (they register methods)."""
     for plugin in plugins:
@@ -189,28 +169,8 @@ def load_plugins(plugins: Sequence[str]) -> None:
             raise
 
 
-def _ray():
-    """The ray module, or None when the ``distributed`` extra is not installed."""
-    try:
-        import ray
-    except ImportError:
-        return None
-    return ray
-
-
 def _json_roundtrip(obj):
     return json.loads(json.dumps(obj))
-
-
-def _write_json(path: Path, obj) -> None:
-    from medrecon.datasets.nifti import _atomic_write  # the repo's temp-file-and-rename writer
-
-    text = json.dumps(obj, indent=1)
-    _atomic_write(path, lambda tmp: Path(tmp).write_text(text))
-
-
-def _marker(job: _Job) -> Path:
-    return Path(job.state) / "done" / f"{Path(job.out).name}.json"
 
 
 def _count_attempt(job: _Job) -> int:
@@ -239,106 +199,13 @@ def _run_volume(job: _Job) -> dict[str, Any]:
                                   out_format=job.fmt, batch_size=job.batch_size,
                                   keep_phi=job.keep_phi,
                                   allow_irregular_spacing=job.allow_irregular_spacing,
-                                  **job.options)
-        _write_json(_marker(job), {"settings": job.settings, "record": record})
+                                  options=job.options)
+        write_json(marker_path(job), {"settings": job.settings, "record": record})
     except Exception as exc:  # a bad volume is recorded and the batch goes on
         return {"status": "failed", "attempts": attempts, "error": f"{type(exc).__name__}: {exc}",
                 "traceback": traceback.format_exc(), "seconds": time.perf_counter() - start}
     return {"status": "done", "attempts": attempts, "record": record,
             "seconds": time.perf_counter() - start}
-
-
-def _output_settings(out: Path, fmt: str) -> dict[str, Any] | None:
-    """The settings recorded in a complete output's own metadata (h5 attrs, NIfTI sidecar, the
-    DICOM DerivationDescription), in the form of `run_batch`'s settings; None if unreadable."""
-    try:
-        if fmt == "h5":
-            import h5py
-            with h5py.File(out, "r") as f:
-                if "reconstruction" not in f:
-                    return None
-                meta = {k: (json.loads(v) if k in _JSON_ATTRS and isinstance(v, str) else v)
-                        for k, v in f.attrs.items()}
-        elif fmt == "nifti":
-            from medrecon.datasets.nifti import sidecar_path
-            meta = json.loads(sidecar_path(out).read_text())
-        else:
-            import pydicom
-            first = min(out.glob("*.dcm"))
-            desc = str(pydicom.dcmread(first, stop_before_pixels=True).DerivationDescription)
-            method, _, params = desc.removeprefix("medrecon ").partition(" ")
-            meta = {"method": method, **json.loads(params)}
-        mask = meta["mask"]
-        if isinstance(mask, dict):  # the record adds the measured fraction to the MaskSpec
-            mask = {k: v for k, v in mask.items() if k != "sampled_fraction"}
-        return _json_roundtrip({
-            "method": meta["method"], "options": meta["options"], "mask": mask,
-            "slices": meta["slices"], "seed": meta.get("seed"), "format": fmt,
-            "prior": meta.get("prior"), "version": meta.get("medrecon_version")})
-    except Exception:  # noqa: BLE001 -- any unreadable output is "not ours"
-        return None
-
-
-_JSON_ATTRS = ("options", "mask", "slices", "simulation")
-
-
-def _prior_state(job: _Job) -> VolumeResult | None:
-    """Skip (done before), refuse (something else is there) or None (run it)."""
-    if job.overwrite:
-        return None
-    out, marker = Path(job.out), _marker(job)
-    if marker.is_file() and out.exists():
-        try:
-            saved = json.loads(marker.read_text())
-        except ValueError:
-            saved = {}
-        if saved.get("settings") == job.settings:
-            return VolumeResult(job.src, job.out, "skipped", record=saved.get("record"))
-        return VolumeResult(job.src, job.out, "failed", error=(
-            f"{out} was made with other settings ({_differences(saved.get('settings'), job.settings)}); "
-            f"pass overwrite to redo it"))
-    if out.exists():
-        own = _output_settings(out, job.fmt)
-        want = job.settings
-        if own is not None:  # outputs record slices as [start, stop]; a file's own mask as "file"
-            want = {**want, "slices": _slice_range(job)}
-            if own["mask"] == "file":
-                want["mask"] = "file"
-        if own == want:  # crashed between output and marker: its metadata says it all
-            _write_json(marker, {"settings": job.settings, "record": None})
-            return VolumeResult(job.src, job.out, "skipped")
-        why = ("its metadata records other settings: " + _differences(own, want)
-               if own is not None else "it is not a complete medrecon output")
-        return VolumeResult(job.src, job.out, "failed", error=(
-            f"{out} exists and has no done marker of this batch; {why}; pass overwrite to replace it"))
-    return None
-
-
-def _slice_range(job: _Job) -> list[int] | None:
-    """``[start, stop]`` of the job's slices in its input, as outputs record them."""
-    from medrecon.image_inputs import input_kind, read_image_volume
-    from medrecon.pipeline import parse_slices
-
-    try:
-        if input_kind(job.src) == "fastmri":
-            from medrecon.datasets.fastmri import FastMRIFile
-            with FastMRIFile(job.src) as f:
-                n = f.num_slices
-        else:
-            n = read_image_volume(job.src).volume.shape[0]
-        r = parse_slices(job.slices, n)
-    except (ValueError, OSError, KeyError):
-        return None
-    return [r.start, r.stop]
-
-
-def _differences(saved: dict[str, Any] | None, want: dict[str, Any]) -> str:
-    """The settings that differ, e.g. ``mask: {...} here, {...} there``."""
-    if not isinstance(saved, dict):
-        return "no readable settings"
-    keys = [k for k in want if saved.get(k) != want[k]]
-    return "; ".join(f"{k}: {json.dumps(want[k])} now, {json.dumps(saved.get(k))} before"
-                     for k in keys) or "same settings"
 
 
 def _refuse_overlap(inputs, files: list[Path], out_dir: Path, jobs: list[_Job]) -> None:
@@ -370,98 +237,6 @@ def _plan(files: list[Path], out_dir: Path, fmt: str, make) -> list[_Job]:
     return [make(src, out_dir / name) for name, src in names.items()]
 
 
-def _on_ray(ray, jobs: list[_Job], report: Callable[[_Job, dict[str, Any]], None], *,
-            address: str | None, local_cpus: int | None, num_cpus: float, num_gpus: float,
-            max_retries: int) -> str:
-    """One Ray task per job, results reported as they arrive; returns the executor's name."""
-    local = address in (None, "local")
-    started = not ray.is_initialized()
-    reaper = None
-    if started:
-        kw = {"num_cpus": local_cpus} if local else {"address": address}
-        before = _children()
-        if local:
-            reaper = start_reaper()  # before ray.init: a SIGKILL during init is covered too
-        try:
-            ray.init(include_dashboard=False, **kw)
-        except BaseException:
-            if reaper is not None:
-                reaper.watch(_children() - before - {reaper.pid})
-                reaper.close()
-            raise
-        if reaper is not None:
-            reaper.watch(_children() - before - {reaper.pid})
-    try:
-        # ray.init installs a SIGTERM handler that aborts the driver (exit 134, no clean-up)
-        with _sigterm_exits():
-            _collect(ray, jobs, report, local=local, num_cpus=num_cpus, num_gpus=num_gpus,
-                     max_retries=max_retries)
-    finally:
-        if started:
-            try:
-                ray.shutdown()
-            finally:
-                if reaper is not None:
-                    reaper.close()
-    return f"ray {'local' if local else address}"
-
-
-def _collect(ray, jobs: list[_Job], report, *, local: bool, num_cpus: float, num_gpus: float,
-             max_retries: int) -> None:
-    """Submit one task per job and report each result as it arrives."""
-    have = ray.cluster_resources()
-    for key, need in (("CPU", num_cpus), ("GPU", num_gpus)):
-        if local and need > have.get(key, 0):  # the task could never be scheduled
-            raise ValueError(f"a task asks for {need:g} {key}s but the local Ray instance "
-                             f"has {have.get(key, 0):g}")
-    task = ray.remote(num_cpus=num_cpus, num_gpus=num_gpus, max_retries=max_retries,
-                      retry_exceptions=False)(_run_volume)
-    refs = [task.remote(job) for job in jobs]
-    job_of = dict(zip(refs, jobs))
-    while refs:
-        ready, refs = ray.wait(refs, num_returns=1)
-        job = job_of.pop(ready[0])
-        try:
-            out = ray.get(ready[0])
-        except ray.exceptions.RayError as exc:  # the worker died max_retries + 1 times
-            first = (str(exc).strip().splitlines() or [""])[0]
-            out = {"status": "failed", "attempts": _attempts(job), "seconds": 0.0,
-                   "error": f"{type(exc).__name__}: {first}"}
-        report(job, out)
-
-
-def _children() -> set[int]:
-    """PIDs of this process's descendants (empty without psutil)."""
-    try:
-        import psutil
-        return {p.pid for p in psutil.Process().children(recursive=True)}
-    except Exception:  # noqa: BLE001 -- no psutil, or a race with an exiting child
-        return set()
-
-
-class _sigterm_exits:
-    """Within the block (main thread only), SIGTERM raises SystemExit, so ``finally`` clauses run:
-    the Ray instance is shut down and partial outputs are never published.  The block exits with
-    status 143 (128 + SIGTERM) even where Ray re-raises the exit as ``SystemExit(1)``."""
-
-    def __enter__(self):
-        self._old, self._got = None, None
-        if threading.current_thread() is threading.main_thread():
-            self._old = signal.signal(signal.SIGTERM, self._handler)
-        return self
-
-    def _handler(self, signum, frame):
-        self._got = signum
-        raise SystemExit(128 + signum)
-
-    def __exit__(self, exc_type, exc, tb):
-        if self._old is not None:
-            signal.signal(signal.SIGTERM, self._old)
-        if self._got is not None and exc_type is SystemExit:
-            raise SystemExit(128 + self._got) from None
-        return False
-
-
 def run_batch(inputs, out_dir, method: str = "cg-sense", mask: MaskSpec | None = None, *,
               options: dict[str, Any] | None = None, slices: str | None = None,
               out_format: str | None = None, overwrite: bool = False, device: str | None = None,
@@ -471,9 +246,11 @@ def run_batch(inputs, out_dir, method: str = "cg-sense", mask: MaskSpec | None =
               allow_irregular_spacing: bool = False,
               on_result: Callable[[VolumeResult], None] | None = None) -> BatchSummary:
     """Reconstruct every input volume into ``out_dir`` (module doc); ``on_result`` is called
-    with each volume's result as it arrives (skipped ones first).  ``keep_phi`` and
+    with each volume's result as it arrives (skipped ones first).  ``options``: the method's
+    options, resolved (its dataclass, as the CLI passes it) or a dict.  ``keep_phi`` and
     ``allow_irregular_spacing``: as `medrecon.pipeline.reconstruct_file`."""
-    from medrecon.registry import get_method, options_to_dict, resolve_options
+    from medrecon.pipeline import resolved_options
+    from medrecon.registry import get_method, options_to_dict
 
     start = time.perf_counter()
     # absolute paths: a worker's working directory is not the driver's
@@ -481,8 +258,9 @@ def run_batch(inputs, out_dir, method: str = "cg-sense", mask: MaskSpec | None =
                     for p in plugins)
     load_plugins(plugins)
     spec = get_method(method)  # fail early on an unknown method or option
-    options = dict(options or {})
-    resolved = options_to_dict(resolve_options(spec, options))
+    # typed values (picklable for Ray workers; no string is parsed again downstream)
+    resolved = options_to_dict(resolved_options(spec, options))
+    ct = spec.modality == "ct"
     mask = mask or MaskSpec()
     if not mask.acceleration >= 1:
         raise ValueError(f"acceleration must be >= 1, got {mask.acceleration}")
@@ -491,10 +269,10 @@ def run_batch(inputs, out_dir, method: str = "cg-sense", mask: MaskSpec | None =
     if batch_size < 1 or num_cpus < 0 or num_gpus < 0 or max_retries < 0:
         raise ValueError(f"need batch_size >= 1 and num_cpus, num_gpus, max_retries >= 0, got "
                          f"{batch_size}, {num_cpus}, {num_gpus}, {max_retries}")
-    fmt = out_format or "h5"
+    fmt = out_format or ("dicom" if ct else "h5")
     if fmt not in OUTPUT_FORMATS:
         raise ValueError(f"output format must be one of {', '.join(OUTPUT_FORMATS)}, got {fmt!r}")
-    ray = _ray()
+    ray = ray_module()
     local = address in (None, "local")
     if ray is None and not local:
         raise ValueError(f"address {address!r} needs Ray: pip install 'medrecon[distributed]'")
@@ -509,7 +287,7 @@ def run_batch(inputs, out_dir, method: str = "cg-sense", mask: MaskSpec | None =
     state = out_dir / STATE_DIR
     run_id = uuid.uuid4().hex[:12]
     settings = _json_roundtrip({"method": method, "options": resolved,
-                                "mask": dataclasses.asdict(mask), "slices": slices,
+                                "mask": None if ct else dataclasses.asdict(mask), "slices": slices,
                                 "seed": seed, "format": fmt, "prior": prior_digest(resolved),
                                 "version": medrecon_version()})
     # non-default flags join the settings (outputs made without them are not adopted)
@@ -518,7 +296,7 @@ def run_batch(inputs, out_dir, method: str = "cg-sense", mask: MaskSpec | None =
 
     def make(src: Path, out: Path) -> _Job:
         return _Job(str(src), str(out), fmt, method, mask, slices, seed, batch_size, device,
-                    overwrite, options, settings, str(state), run_id, plugins, keep_phi,
+                    overwrite, resolved, settings, str(state), run_id, plugins, keep_phi,
                     allow_irregular_spacing)
 
     jobs = _plan(files, out_dir, fmt, make)
@@ -541,18 +319,19 @@ def run_batch(inputs, out_dir, method: str = "cg-sense", mask: MaskSpec | None =
 
     todo = []
     for job in jobs:
-        prior = _prior_state(job)
+        prior = prior_state(job)
         if prior is None:
             todo.append(job)
         else:
-            finish(job, prior)
+            status, record, error = prior
+            finish(job, VolumeResult(job.src, job.out, status, error=error, record=record))
 
     def from_task(job: _Job, out: dict[str, Any]) -> None:
         finish(job, VolumeResult(job.src, job.out, out["status"], out["attempts"],
                                  round(out["seconds"], 4), out.get("error"), out.get("record")),
                out.get("traceback"))
 
-    with _sigterm_exits():
+    with sigterm_exits():
         if not todo:
             executor = "none (nothing to run)"
         elif ray is None:
@@ -560,8 +339,9 @@ def run_batch(inputs, out_dir, method: str = "cg-sense", mask: MaskSpec | None =
             for job in todo:
                 from_task(job, _run_volume(job))
         else:
-            executor = _on_ray(ray, todo, from_task, address=address, local_cpus=local_cpus,
-                               num_cpus=num_cpus, num_gpus=num_gpus, max_retries=max_retries)
+            executor = run_on_ray(ray, _run_volume, todo, from_task, _attempts, address=address,
+                                  local_cpus=local_cpus, num_cpus=num_cpus, num_gpus=num_gpus,
+                                  max_retries=max_retries)
     shutil.rmtree(state / "runs" / run_id, ignore_errors=True)
     ordered = [results[job.out] for job in jobs]
     return BatchSummary(ordered, time.perf_counter() - start, executor, str(out_dir),

@@ -30,40 +30,11 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from medrecon.inputs import INPUT_KINDS, input_kind
 from medrecon.physics.fft import fft2c
 
-__all__ = ["ImageVolume", "find_inputs", "input_kind", "read_image_volume", "simulate_kspace",
+__all__ = ["ImageVolume", "input_kind", "read_image_volume", "simulate_kspace",
            "slab_affine", "slab_series", "INPUT_KINDS"]
-
-INPUT_KINDS = ("fastmri", "dicom", "nifti")
-
-
-def input_kind(path) -> str:
-    """``"fastmri"`` (``.h5``), ``"nifti"`` (``.nii``/``.nii.gz``) or ``"dicom"`` (a series folder
-    or any other file: read as DICOM, which says clearly when it is not)."""
-    name = Path(path).name.lower()
-    if name.endswith(".h5"):
-        return "fastmri"
-    if name.endswith((".nii", ".nii.gz")):
-        return "nifti"
-    return "dicom"
-
-
-def find_inputs(items) -> list[Path]:
-    """Recon inputs from paths: files as given; a folder -> its ``*.h5``, ``*.nii``, ``*.nii.gz``
-    files (sorted), or, when it holds none, the folder itself (a DICOM series).  Missing paths
-    are kept: they fail as inputs, with the reader's error."""
-    items = [items] if isinstance(items, (str, Path)) else list(items)
-    files: list[Path] = []
-    for item in items:
-        p = Path(item)
-        if p.is_dir():
-            found = sorted(q for q in p.iterdir() if q.is_file() and not q.name.startswith(".")
-                           and q.name.lower().endswith((".h5", ".nii", ".nii.gz")))
-            files += found or [p]
-        else:
-            files.append(p)
-    return files
 
 
 @dataclass

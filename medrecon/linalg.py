@@ -41,20 +41,27 @@ def cg(
     if max_iter < 0:
         raise ValueError(f"max_iter must be >= 0, got {max_iter}")
     x = torch.zeros_like(rhs) if x0 is None else x0.clone()
-    r = rhs - normal(x) if x0 is not None else rhs.clone()
+    scale = vdot(rhs, rhs, ndim).real
+    if x0 is not None:
+        nx = normal(x)
+        r = rhs - nx
+        scale_x = vdot(nx, nx, ndim).real  # a large start: round-off is relative to ||N x0||, not ||rhs||
+    else:
+        r = rhs.clone()
     p = r.clone()
     rr = vdot(r, r, ndim).real
-    # never iterate below the working precision: once ||r|| ~ eps ||rhs||, rounding leaves
+    # never iterate below the working precision: once ||r|| ~ eps max(||rhs||, ||N x0||), rounding leaves
     # components in the null space of a semi-definite operator and CG would divide by ~0
     floor = max(float(tol), 4 * torch.finfo(rr.dtype).eps)
-    stop = (floor * floor) * vdot(rhs, rhs, ndim).real
+    stop = (floor * floor) * scale
+    round_off = stop if x0 is None else torch.maximum(stop, (16 * torch.finfo(rr.dtype).eps) ** 2 * scale_x)
     tiny = torch.finfo(rr.dtype).tiny
     for it in range(max_iter):
         ap = normal(p)
         pap = vdot(p, ap, ndim).real
         # a converged system (rr <= stop, or a direction with no curvature left: pap ~ 0, as
         # when an exact solve is reached with tol=0) is frozen instead of dividing 0 by 0
-        live = (rr > stop) & (pap > tiny)
+        live = (rr > round_off) & (pap > tiny)
         alpha = torch.where(live, rr / pap.clamp_min(tiny), torch.zeros_like(pap))
         x = x + alpha * p
         r = r - alpha * ap

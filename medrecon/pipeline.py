@@ -1,35 +1,37 @@
-"""``reconstruct_file``: a whole volume through one method, slice by slice.
+"""``reconstruct_file``: a whole volume through one method (MRI or CT), slice by slice.
 
-Inputs (`medrecon.image_inputs.input_kind`): a fastMRI HDF5 file (k-space), or a DICOM MR
-series / NIfTI volume (images: k-space simulated retrospectively, `medrecon.image_inputs`).
-This is what ``medrecon recon`` runs for each input; notebooks and pipelines call it directly
-and get the same record the CLI prints with ``--json``:
+Inputs: for MRI methods a fastMRI HDF5 file (k-space), or a DICOM MR series / NIfTI volume
+(images: k-space simulated retrospectively, `medrecon.image_inputs`); for CT methods
+(``modality="ct"``, `medrecon.methods.ct`) a DICOM CT series or a sinogram file
+(`medrecon.ct.inputs`).  This is what ``medrecon recon`` runs for each input; notebooks and
+pipelines call it directly and get the same record the CLI prints with ``--json``:
 
 ``{"file", "method", "options", "nfe", "seconds", "seconds_per_slice", "slices", "shape",
-"recon_size", "mask", "metrics", "input_format", "simulation", "seed", "output"}`` where
-``mask`` is ``"file"`` (the file's own mask: test/challenge data) or ``{"kind",
-"acceleration", "center_fraction", "seed", "sampled_fraction"}`` (retrospective undersampling),
-``nfe`` is network evaluations per slice, ``seconds`` the reconstruction time of the volume
-(sensitivity estimation included, file I/O excluded), and ``metrics`` = ``{"nmse", "psnr",
-"ssim"}`` (fastMRI conventions) against the fully sampled RSS image at the recon matrix for a
-fully sampled fastMRI file, against the input magnitudes for an image input, else ``null``;
-``input_format`` is ``"fastmri"``, ``"dicom"`` or ``"nifti"``; ``simulation`` is ``null`` for
-k-space inputs, else ``{"kind", "coils", "phase", "phase_encoding", "reference"}``; ``seed`` is
-the sampling seed of diffusion methods (``null``: the method's default).
+"recon_size", "mask", "metrics", "input_format", "simulation", "seed", "output", "prior",
+"medrecon_version"}`` where ``mask`` is ``"file"`` (the file's own mask: test/challenge data),
+``{"kind", "acceleration", "center_fraction", "seed", "sampled_fraction"}`` (retrospective
+undersampling) or ``null`` (CT); ``nfe`` is network evaluations per slice (CT: per call),
+``seconds`` the reconstruction time of the volume (sensitivity estimation included, file I/O
+excluded), and ``metrics`` = ``{"nmse", "psnr", "ssim"}`` (fastMRI conventions) against the
+fully sampled RSS image at the recon matrix for a fully sampled fastMRI file, against the input
+magnitudes for an image input, else ``null``; CT: ``{"rmse_hu", "psnr", "ssim"}``
+(`medrecon.ct.evaluate.ct_metrics`) against the scan's reference when it has one.
+``input_format`` is ``"fastmri"``, ``"dicom"``, ``"nifti"`` or (CT) ``"sinogram"``;
+``simulation`` is ``null`` for k-space inputs, else ``{"kind", "coils", "phase",
+"phase_encoding", "reference"}`` (CT: the dose simulation); ``seed`` is the sampling seed of
+diffusion methods (``null``: the default, `medrecon.registry.DEFAULT_SEED`).  CT records add
+``"units": "HU"`` and ``"geometry"``.  ``prior`` digests the weights behind the ``checkpoint``
+option (`medrecon.provenance.prior_digest`).
 
-``out`` is written in the format of its extension (`output_format`): ``.h5`` the fastMRI
-submission file with the record's metadata (and the LPS affine, ``affine_lps``) as HDF5 attrs,
-``.nii``/``.nii.gz`` NIfTI with a JSON sidecar, a folder (``out_format="dicom"`` or a path string
-ending in ``/``) a DICOM MR series (SeriesDescription ``"medrecon <method>"``,
-DerivationDescription with the options, NFE, time, seed and mask).  Geometry: a NIfTI input's
-own affine, a DICOM input's own grid (a DICOM output then also keeps its study context,
-de-identified unless ``keep_phi``), for fastMRI the ISMRMRD recon FOV/matrix (`recon_affine`); with
+``out`` is written by `medrecon.outputs.write_output` in the format of its extension.
+Geometry: a NIfTI input's own affine, a DICOM input's own grid (a DICOM output then also keeps
+its study context, de-identified unless ``keep_phi``), for fastMRI the ISMRMRD recon FOV/matrix
+(`medrecon.outputs.recon_affine`), for a sinogram an axial grid at its pixel size; with
 ``slices`` the grid starts at the first selected slice.
 """
 from __future__ import annotations
 
-import json
-import os
+import dataclasses
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -38,19 +40,21 @@ import numpy as np
 import torch
 from tqdm.auto import tqdm
 
-from medrecon.datasets.fastmri import FastMRIFile, ISMRMRDHeader, atomic_h5, center_crop
+from medrecon.datasets.fastmri import FastMRIFile, center_crop
 from medrecon.datasets.publish import printable
+from medrecon.inputs import parse_slices
 from medrecon.metrics import evaluate
+from medrecon.outputs import (check_writable, input_paths, output_format, output_paths,
+                              recon_affine, write_output)
 from medrecon.physics.coils import rss
 from medrecon.physics.fft import ifft2c
 from medrecon.physics.masks import make_mask
 from medrecon.provenance import medrecon_version, prior_digest
 from medrecon.reconstruct import reconstruct
+from medrecon.registry import (DEFAULT_SEED, get_method, list_methods, options_to_dict,
+                               resolve_options)
 
-__all__ = ["MaskSpec", "reconstruct_file", "parse_slices", "output_format", "output_name", "output_target", "recon_affine",
-           "write_output", "check_writable", "output_paths", "input_paths", "OUTPUT_FORMATS"]
-
-OUTPUT_FORMATS = ("h5", "nifti", "dicom")
+__all__ = ["MaskSpec", "reconstruct_file", "resolved_options"]
 
 
 @dataclass(frozen=True)
@@ -63,49 +67,45 @@ class MaskSpec:
     seed: int | None = 0
 
 
-def parse_slices(spec: str | None, n: int) -> range:
-    """``"a:b"`` / ``"a"`` / None -> a range of slice indices, checked against ``n`` slices."""
-    if spec is None or spec == "":
-        return range(n)
-    try:
-        if ":" in spec:
-            a, b = spec.split(":", 1)
-            r = range(*slice(int(a) if a else None, int(b) if b else None).indices(n))
-        else:
-            i = int(spec)
-            r = range(i, i + 1)
-    except ValueError:
-        raise ValueError(f"slices must look like 'a:b' or 'i', got {spec!r}") from None
-    if len(r) == 0 or r.start >= n or r.stop > n:
-        raise ValueError(f"slices {spec!r} select nothing in a volume of {n} slices")
-    return r
-
-
 def reconstruct_file(path, method: str = "cg-sense", mask: MaskSpec | None = None,
                      slices: str | None = None, out=None, overwrite: bool = False,
                      progress: bool = False, device: str | None = None,
                      seed: int | None = None, out_format: str | None = None,
                      batch_size: int = 1, coils: int = 1, keep_phi: bool = False,
-                     allow_irregular_spacing: bool = False, **options) -> dict[str, Any]:
+                     allow_irregular_spacing: bool = False, options=None, priors=None,
+                     **kwargs) -> dict[str, Any]:
     """Reconstruct the selected slices of a fastMRI file, DICOM MR series or NIfTI volume
-    (`medrecon.image_inputs.input_kind`); write ``out`` if given.
+    (`medrecon.inputs.input_kind`) with an MRI method, or of a CT scan (DICOM CT series or
+    sinogram file, `medrecon.ct.inputs`) with a CT method; write ``out`` if given.
 
-    ``seed`` seeds the sampler of each call (diffusion methods); ``batch_size`` slices are
-    reconstructed per call (stochastic methods then draw different noise than one by one);
-    ``out_format`` overrides the format inferred from ``out`` (one of `OUTPUT_FORMATS`);
-    ``coils`` is the number of simulated coils for image inputs (`medrecon.image_inputs`).
-    ``progress`` shows a bar over the slices and, for diffusion methods, one over the network
-    evaluations.  Before any work: an ``out`` that is (or lies inside, or holds) the input is
-    refused whatever ``overwrite`` says (`medrecon.datasets.publish.refuse_input_overlap`), an
-    existing ``out`` unless ``overwrite``, and an output folder that cannot be written.
-    ``keep_phi`` keeps a DICOM input's patient/study identifiers in a DICOM output (default:
-    de-identified); ``allow_irregular_spacing`` reads image inputs whose slices are unevenly
-    spaced (`medrecon.image_inputs.read_image_volume`).
+    ``options``: the method's options, resolved (its dataclass, as the CLI passes it) or a dict;
+    further keyword arguments are options too.  ``seed`` seeds the sampler of each call
+    (diffusion methods); ``batch_size`` slices are reconstructed per call (stochastic methods
+    then draw different noise than one by one; CT: 1, the default, denoises all selected slices
+    in one call); ``out_format`` overrides the format inferred from ``out`` (one of
+    `OUTPUT_FORMATS`); ``coils`` is the number of simulated coils for MRI image inputs
+    (`medrecon.image_inputs`).  ``progress`` shows a bar over the slices and, for MRI diffusion
+    methods, one over the sampler steps (`medrecon.reconstruct`'s ``callback``).  Before any work: an ``out`` that is (or lies
+    inside, or holds) the input is refused whatever ``overwrite`` says
+    (`medrecon.datasets.publish.refuse_input_overlap`), an existing ``out`` unless ``overwrite``,
+    and an output folder that cannot be written.  ``keep_phi`` keeps a DICOM input's
+    patient/study identifiers in a DICOM output (default: de-identified);
+    ``allow_irregular_spacing`` reads MRI image inputs whose slices are unevenly spaced
+    (`medrecon.image_inputs.read_image_volume`).  ``priors``: the
+    `medrecon.methods.priors.PriorCache` networks are loaded into and taken from (None: the
+    shared default; a `medrecon.Reconstructor` passes its own).
     """
-    from medrecon.image_inputs import input_kind
+    from medrecon.ct.inputs import is_ct_input
+    from medrecon.inputs import input_kind
 
     if batch_size < 1:
         raise ValueError(f"batch_size must be >= 1, got {batch_size}")
+    spec = get_method(method)
+    opts = resolved_options(spec, options, kwargs)  # fail before any reading
+    if spec.modality != "ct" and is_ct_input(path):
+        ct = ", ".join(s.name for s in list_methods() if s.modality == "ct")
+        raise ValueError(f"{printable(path)} is a CT scan; method {method!r} is for MRI: use a "
+                         f"CT method ({ct})")
     mask = mask or MaskSpec()
     fmt = output_format(out, out_format) if out is not None else None
     if out is not None:
@@ -116,31 +116,64 @@ def reconstruct_file(path, method: str = "cg-sense", mask: MaskSpec | None = Non
         if not Path(out).parent.is_dir():
             raise FileNotFoundError(f"{printable(Path(out).parent)}: output folder does not "
                                     "exist")
-    run = _Runner(printable(Path(path).name), method, seed, device, progress, options,
-                  batch_size)
-    if input_kind(path) == "fastmri":
-        pred, record, affine, reference = _fastmri_volume(path, mask, slices, batch_size, run)
+    if spec.modality == "ct":
+        pred, record, affine, reference = _ct_volume(path, spec, opts, slices, seed, device,
+                                                     batch_size, priors)
     else:
-        pred, record, affine, reference = _image_volume(path, mask, slices, batch_size, coils,
-                                                        run, allow_irregular_spacing)
+        run = _Runner(printable(Path(path).name), spec, opts, seed, device, progress,
+                      batch_size, priors)
+        if input_kind(path) == "fastmri":
+            pred, record, affine, reference = _fastmri_volume(path, mask, slices, batch_size, run)
+        else:
+            pred, record, affine, reference = _image_volume(path, mask, slices, batch_size,
+                                                            coils, run, allow_irregular_spacing)
     if out is not None:
         record["output"] = str(write_output(out, pred, record, affine, fmt, overwrite,
                                             reference=reference, keep_phi=keep_phi))
     return record
 
 
+def resolved_options(spec, options=None, kwargs: dict[str, Any] | None = None):
+    """``options`` as ``spec``'s options dataclass: an instance passes through untouched (the
+    CLI resolves once, at the edge); a dict (plus ``kwargs``) is resolved here."""
+    if isinstance(options, spec.options) and not kwargs:
+        return options
+    if dataclasses.is_dataclass(options):
+        options = options_to_dict(options)
+    return resolve_options(spec, {**(options or {}), **(kwargs or {})})
+
+
+def _ct_volume(path, spec, opts, slices, seed, device, batch_size: int, priors=None):
+    """A CT scan through a CT method: the HU volume and its record (`medrecon.ct.recon`)."""
+    from medrecon.ct.inputs import read_ct_input
+    from medrecon.ct.recon import reconstruct_ct
+
+    scan = read_ct_input(path, dataclasses.asdict(opts), slices)
+    hu, info = reconstruct_ct(scan, spec, opts, seed=DEFAULT_SEED if seed is None else seed,
+                              device=device, batch_size=batch_size, priors=priors)
+    used = options_to_dict(opts)
+    rows = scan.info.get("slices") or [0, hu.shape[0]]
+    record = {"file": str(path), "method": spec.name, "options": used, "nfe": info["nfe"],
+              "seconds": round(info["seconds"], 4),
+              "seconds_per_slice": round(info["seconds"] / hu.shape[0], 4),
+              "slices": rows, "shape": list(hu.shape), "recon_size": list(hu.shape[-2:]),
+              "mask": None, "metrics": info["metrics"], "input_format": scan.kind,
+              "simulation": scan.simulation, "seed": seed, "output": None,
+              "prior": prior_digest(used), "medrecon_version": medrecon_version(),
+              "units": "HU", "geometry": scan.info}
+    return hu, record, scan.affine, scan.series
+
+
 class _Runner:
     """One method over the batches of a volume: timing, NFE, and the progress bars."""
 
-    def __init__(self, name, method, seed, device, progress, options, batch_size):
-        from medrecon.registry import get_method, options_to_dict, resolve_options
-
-        spec = get_method(method)
-        self.method, self.seed, self.device, self.options = method, seed, device, options
+    def __init__(self, name, spec, opts, seed, device, progress, batch_size, priors=None):
+        self.method, self.seed, self.device, self.opts = spec.name, seed, device, opts
+        self.priors, self.callback = priors, None
         self.progress, self.name, self.batch_size = progress, name, batch_size
         self.diffusion = spec.kind == "diffusion"
         self.seconds, self.nfe, self.blank = 0.0, 0, 0
-        self.used = options_to_dict(resolve_options(spec, options))  # fail before any reading
+        self.used = options_to_dict(opts)
 
     def _reconstruct(self, k, m, smaps):
         if self.device:
@@ -155,32 +188,28 @@ class _Runner:
             image = torch.zeros(k.shape[:-3] + k.shape[-2:], dtype=torch.complex64, device=k.device)
             return k, ReconResult(image, self.method, self.used, self.nfe, 0.0)
         res = reconstruct(k, m.to(k.device), self.method, smaps=smaps, seed=self.seed,
-                          **self.options)
+                          callback=self.callback, priors=self.priors, options=self.opts)
         self.seconds += res.seconds
         self.nfe, self.used = res.nfe, res.options
         return k, res
 
     def __call__(self, batches, n_slices: int):
         """Yield ``(batch, kspace, result)`` for each ``(batch, kspace, mask, smaps)``."""
-        from medrecon.progress import count_network_calls, step_total
-
         runs = -(-n_slices // self.batch_size)
         bar = tqdm(total=n_slices, desc=f"{self.name} [{self.method}]", unit="slice",
                    disable=not self.progress, leave=False)
         steps = None
-        if self.progress and self.diffusion:  # network evaluations, all runs of the volume
-            est = step_total(self.used)
-            steps = tqdm(total=est * runs if est else None, desc="  sampling", unit="NFE",
+        if self.progress and self.diffusion:  # sampler steps (reconstruct's callback), all runs
+            est = self.used.get("steps")
+            est = est if isinstance(est, int) and est > 0 else None
+            steps = tqdm(total=est * runs if est else None, desc="  sampling", unit="step",
                          leave=False)
+            self.callback = lambda i, x: steps.update(1)
         try:
             for i, (batch, k, m, smaps) in enumerate(batches):
-                if steps is None:
-                    k, res = self._reconstruct(k, m, smaps)
-                else:
-                    before = steps.n
-                    with count_network_calls(steps.update):
-                        k, res = self._reconstruct(k, m, smaps)
-                    if i == 0 and steps.n > before:  # the exact count, from the first run
+                before = steps.n if steps is not None else 0
+                k, res = self._reconstruct(k, m, smaps)
+                if steps is not None and i == 0 and steps.n > before:  # the exact count
                         steps.total = (steps.n - before) * runs
                         steps.refresh()
                 yield batch, k, res
@@ -190,6 +219,7 @@ class _Runner:
                                  "an all-zero measurement has no image to reconstruct")
         finally:
             bar.close()
+            self.callback = None
             if steps is not None:
                 steps.close()
 
@@ -280,174 +310,3 @@ def _mask_info(mask: MaskSpec, m: torch.Tensor) -> dict[str, Any]:
     return {"kind": mask.kind, "acceleration": mask.acceleration,
             "center_fraction": mask.center_fraction, "seed": mask.seed,
             "sampled_fraction": float(m.float().mean())}
-
-
-def check_writable(out, fmt: str, overwrite: bool) -> None:
-    """Before any work: refuse (FileExistsError) an existing output -- an .h5 file, a NIfTI file
-    or its JSON sidecar, a non-empty DICOM folder -- unless ``overwrite``; whatever ``overwrite``
-    says, a file where a DICOM folder goes, a folder where a file goes, and a DICOM folder
-    holding another series.  Then probe that the folder receiving the output takes new files
-    (`medrecon.datasets.publish.probe_writable`)."""
-    from medrecon.datasets.publish import OutputExistsError, probe_writable
-
-    p = Path(out)
-    if fmt == "dicom":
-        if os.path.lexists(p) and not p.is_dir():
-            raise FileExistsError(f"{printable(p)} is a file, not a DICOM series folder")
-        if p.is_dir() and any(p.iterdir()):
-            if not overwrite:
-                raise OutputExistsError(f"{printable(p)} exists and is not empty; pass "
-                                        "overwrite=True (--overwrite) to replace its series")
-            from medrecon.datasets.dicom import _series_files
-            _series_files(p)  # another series there is refused even with overwrite
-        probe_writable(p if p.is_dir() else _existing(p.parent))
-        return
-    if p.is_dir():
-        raise IsADirectoryError(f"{printable(p)} is a folder; the {fmt} output is a file")
-    if not overwrite:
-        for q in output_paths(p, fmt):
-            if os.path.lexists(q):
-                raise OutputExistsError(f"{printable(q)} exists; pass overwrite=True "
-                                        "(--overwrite) to replace it")
-    probe_writable(_existing(p.parent))
-
-
-def _existing(folder: Path) -> Path:
-    """``folder`` or its nearest existing ancestor (where creating ``folder`` needs write
-    permission)."""
-    while not folder.exists() and folder.parent != folder:
-        folder = folder.parent
-    return folder
-
-
-def output_paths(out, fmt: str) -> list[Path]:
-    """The paths writing ``out`` in ``fmt`` creates: the file (and a NIfTI file's JSON sidecar),
-    or the DICOM series folder."""
-    p = Path(out)
-    if fmt == "nifti":
-        from medrecon.datasets.nifti import sidecar_path
-        return [p, sidecar_path(p)]
-    return [p]
-
-
-def input_paths(src) -> list[Path]:
-    """The paths an input consists of: the file or series folder (and a NIfTI file's sidecar,
-    read as its metadata)."""
-    p = Path(src)
-    name = p.name.lower()
-    if name.endswith((".nii", ".nii.gz")):
-        from medrecon.datasets.nifti import sidecar_path
-        return [p, sidecar_path(p)]
-    return [p]
-
-
-_INPUT_SUFFIXES = (".nii.gz", ".nii", ".hdf5", ".h5", ".npz", ".npy", ".dcm")
-_OUT_EXT = {".h5": "h5", ".nii": "nifti", ".nii.gz": "nifti"}
-
-
-def output_name(src: Path, fmt: str) -> str:
-    """The output name of input ``src`` in ``fmt``: its name without the volume suffix, plus
-    ``.h5`` / ``.nii.gz``, or bare (a DICOM series folder)."""
-    name = src.name
-    stem = next((name[: -len(e)] for e in _INPUT_SUFFIXES if name.lower().endswith(e)), name)
-    return {"h5": stem + ".h5", "nifti": stem + ".nii.gz", "dicom": stem}[fmt]
-
-
-def output_target(out, src: Path, n_inputs: int, fmt: str | None,
-                  default: str = "h5") -> tuple[Path | None, str]:
-    """(output path, format) of input ``src`` for a command's ``--out``/``--format``: a file whose
-    extension sets the format (one input only), the folder itself as the DICOM series of a single
-    input, or ``out/<output_name>`` in ``fmt`` (else ``default``).  Contradictions are ValueErrors."""
-    if out is None:
-        return None, fmt or default
-    o = Path(out)
-    ext_fmt = None if o.is_dir() else next((f for e, f in _OUT_EXT.items() if o.name.endswith(e)), None)
-    if ext_fmt is not None:
-        if fmt is not None and fmt != ext_fmt:
-            raise ValueError(f"--format {fmt} contradicts the extension of --out {o}")
-        if n_inputs > 1:
-            raise ValueError(f"--out {o} is a file but {n_inputs} inputs were given: pass a folder")
-        return o, ext_fmt
-    fmt = fmt or default
-    if fmt == "dicom" and n_inputs == 1:
-        return o, fmt
-    return o / output_name(src, fmt), fmt
-
-
-def output_format(out, fmt: str | None = None) -> str:
-    """``fmt`` if given, else from ``out``: ``.nii``/``.nii.gz`` -> nifti, a string ending in
-    ``/`` -> dicom, anything else -> h5 (fastMRI submission file)."""
-    if fmt is not None:
-        if fmt not in OUTPUT_FORMATS:
-            raise ValueError(f"output format must be one of {', '.join(OUTPUT_FORMATS)}, "
-                             f"got {fmt!r}")
-        return fmt
-    name = str(out)
-    if name.endswith((".nii", ".nii.gz")):
-        return "nifti"
-    if name.endswith(("/", "\\")):
-        return "dicom"
-    return "h5"
-
-
-def recon_affine(header: ISMRMRDHeader | None, recon_size: tuple[int, int], first: int = 0,
-                 num_slices: int = 1) -> np.ndarray:
-    """LPS affine (`medrecon.datasets.geometry`) of recon slices ``first, first+1, ...``: pixel
-    spacing = recon FOV / recon matrix (x: rows, y: columns), slice spacing = z FOV / z matrix
-    (the slice thickness of 2-D scans), axial, volume centred at the origin.  Without a header:
-    1 mm voxels.  (fastMRI files hold no patient orientation.)"""
-    from medrecon.datasets.geometry import dicom_affine
-
-    if header is None:
-        sp = (1.0, 1.0, 1.0)
-    else:
-        sp = tuple(fov / max(n, 1) for fov, n in zip(header.recon_fov_mm, header.recon_shape))
-    R, C = recon_size
-    origin = (-(C - 1) / 2 * sp[1], -(R - 1) / 2 * sp[0], (first - (num_slices - 1) / 2) * sp[2])
-    return dicom_affine((1, 0, 0, 0, 1, 0), (sp[0], sp[1]), origin, sp[2])
-
-
-def _metadata(record: dict[str, Any]) -> dict[str, Any]:
-    keys = ("method", "options", "nfe", "seconds", "seed", "mask", "file", "slices",
-            "input_format", "simulation", "prior", "medrecon_version")
-    meta = {"software": "medrecon", **{k: record.get(k) for k in keys}}
-    if meta["file"] is not None:  # the input's file name only, never its folders
-        meta["file"] = printable(Path(meta["file"]).name)
-    return meta
-
-
-def write_output(out, pred: np.ndarray, record: dict[str, Any], affine: np.ndarray,
-                 fmt: str | None = None, overwrite: bool = False, *,
-                 reference=None, keep_phi: bool = False) -> Path:
-    """Write magnitudes ``pred`` ``[slices, rx, ry]`` with the record's metadata (module doc).
-
-    ``affine``: LPS for ``(k, r, c)``.  ``reference``: the source `DicomSeries` of exactly these
-    slices (a DICOM input); a DICOM output then keeps its geometry, and its patient/study
-    identifiers (citing the source images) only with ``keep_phi`` (else it is de-identified,
-    `medrecon.datasets.dicom.write_dicom_series`).  HDF5 outputs store the
-    affine as the ``affine_lps`` attr (JSON).  Metadata name the input by its file name only.
-    """
-    from medrecon.datasets.geometry import lps_to_ras
-
-    fmt = output_format(out, fmt)
-    meta = _metadata(record)
-    if not np.isfinite(pred).all():
-        raise ValueError("reconstruction contains NaN or Inf")
-    if fmt == "nifti":
-        from medrecon.datasets.nifti import write_nifti
-        return write_nifti(pred, out, lps_to_ras(affine), overwrite=overwrite, sidecar=meta)
-    if fmt == "dicom":
-        from medrecon.datasets.dicom import write_dicom_series
-        params = json.dumps({k: meta[k] for k in ("options", "nfe", "seconds", "seed", "mask", "slices",
-                                                   "prior", "medrecon_version")})
-        geometry = {"affine": affine} if reference is None else {"reference": reference}
-        return write_dicom_series(pred, out, modality="MR", anonymize=not keep_phi,
-                                  series_description=f"medrecon {record['method']}",
-                                  derivation_description=f"medrecon {record['method']} {params}",
-                                  overwrite=overwrite, **geometry)
-    with atomic_h5(out, overwrite) as f:  # fastMRI submission format + metadata attrs
-        f.create_dataset("reconstruction", data=pred.astype(np.float32))
-        for key, val in {**meta, "affine_lps": np.asarray(affine).tolist()}.items():
-            if val is not None:
-                f.attrs[key] = json.dumps(val) if isinstance(val, (dict, list)) else val
-    return Path(out)

@@ -12,14 +12,15 @@ import hashlib
 from pathlib import Path
 from typing import Any
 
-__all__ = ["prior_digest", "medrecon_version"]
+__all__ = ["prior_digest", "medrecon_version", "__version__"]
+
+__version__ = "0.1.0"  # medrecon.__version__; equal to pyproject.toml's version (tests/test_readme.py)
 
 _FULL_HASH_BYTES = 64 * 2**20  # larger files are fingerprinted by name, size and mtime
 _SUFFIXES = (".json", ".safetensors")
 
 
 def medrecon_version() -> str:
-    from medrecon import __version__
     return __version__
 
 

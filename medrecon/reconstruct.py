@@ -8,22 +8,32 @@ Input conventions (checked here, at the boundary, so methods can trust them):
   k-space off the mask is ignored (multiplied by the mask) so undersampled and fully sampled
   inputs can be passed alike.
 - ``smaps`` ``[..., C, H, W]`` are estimated with ESPIRiT from the fully sampled centre when a
-  method needs them and none are given (calibration: the fully sampled central lines, <= 24,
-  by up to 48 readout rows for 1-D masks).
+  method needs them and none are given (`medrecon.physics.coils.estimate_smaps`).
+
+Options are parsed once (`medrecon.registry.resolve_options`): keywords, or the dataclass the CLI
+(or any caller) already resolved, passed as ``options=``.  ``seed=None`` is
+`medrecon.registry.DEFAULT_SEED`.  Importing this module imports `medrecon.methods`, which
+registers the built-in methods.
 """
 from __future__ import annotations
 
+import functools
+import inspect
 import time
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, Callable
 
 import torch
 
-from medrecon.physics.coils import espirit
+import medrecon.methods  # noqa: F401  (registers the built-in methods)
+from medrecon.methods.priors import PriorCache
+from medrecon.physics.coils import estimate_smaps
 from medrecon.physics.mri import check_mask
-from medrecon.registry import get_method, options_to_dict, resolve_options
+from medrecon.registry import get_method, options_to_dict, resolve_options, seeded_generator
 
-__all__ = ["ReconResult", "reconstruct", "acs_width", "validate_inputs", "check_not_degenerate"]
+__all__ = ["ReconResult", "reconstruct", "validate_inputs", "check_not_degenerate"]
+
+_OPTIONAL = ("callback", "priors")  # keywords a method function may take (medrecon.registry)
 
 
 @dataclass
@@ -41,24 +51,6 @@ class ReconResult:
     @property
     def magnitude(self) -> torch.Tensor:
         return self.image.abs() if self.image.is_complex() else self.image
-
-
-def acs_width(mask: torch.Tensor) -> int:
-    """Side of the largest fully sampled *centred* block (start ``n//2 - m//2``, the crop used
-    by ESPIRiT and SPIRiT calibration): columns for 1-D masks, a square for 2-D masks, over all
-    masks of a batch."""
-    m = mask.to(torch.bool)
-    m = m.reshape(-1, m.shape[-2], m.shape[-1]).all(0)
-    H, W = m.shape
-    column = H == 1
-    best = 0
-    for n in range(1, (W if column else min(H, W)) + 1):
-        w0 = W // 2 - n // 2
-        block = m[:, w0:w0 + n] if column else m[H // 2 - n // 2:H // 2 - n // 2 + n, w0:w0 + n]
-        if not block.all():
-            break
-        best = n
-    return best
 
 
 def validate_inputs(kspace, mask, smaps=None):
@@ -102,34 +94,42 @@ def check_not_degenerate(y: torch.Tensor, m: torch.Tensor) -> None:
                          "has no image to reconstruct")
 
 
-def estimate_smaps(y: torch.Tensor, mask: torch.Tensor, method: str) -> torch.Tensor:
-    """ESPIRiT maps from the fully sampled centre of ``y`` (>= 8 central lines, else a ValueError)."""
-    acs = acs_width(mask)
-    if acs < 8:
-        raise ValueError(f"method {method!r} needs coil sensitivities: pass smaps=, or use a "
-                         f"mask with >= 8 fully sampled central lines (found {acs})")
-    H, W = y.shape[-2:]
-    # 1-D masks: every readout row of the ACS columns is calibration data (48 rows suffice)
-    calib = (min(H, 48), min(acs, 24)) if mask.shape[-2] == 1 else min(acs, 24)
-    return espirit(y, calib_width=calib, kernel_width=min(6, acs))
+@functools.lru_cache(maxsize=None)
+def _accepts(fn: Callable) -> frozenset[str]:
+    """Which of the optional keywords ``fn`` takes (a plugin may take only the first five arguments)."""
+    params = inspect.signature(fn).parameters.values()
+    if any(p.kind is inspect.Parameter.VAR_KEYWORD for p in params):
+        return frozenset(_OPTIONAL)
+    return frozenset(p.name for p in params if p.name in _OPTIONAL)
 
 
 def reconstruct(kspace: torch.Tensor, mask: torch.Tensor, method: str = "zero-filled", *,
                 smaps: torch.Tensor | None = None, seed: int | None = None,
-                **options) -> ReconResult:
-    """Reconstruct ``kspace`` ``[..., C, H, W]`` sampled on ``mask`` with a registered method."""
+                callback: Callable[[int, torch.Tensor], None] | None = None,
+                priors: PriorCache | None = None, options: Any = None, **kwargs) -> ReconResult:
+    """Reconstruct ``kspace`` ``[..., C, H, W]`` sampled on ``mask`` with a registered method.
+
+    Options: keywords (``steps=50``) or ``options=`` the method's resolved options dataclass (or a
+    dict), not both.  ``callback(i, x)`` is called after each sampler step (``i`` from 0, ``x`` the
+    sampler's state); methods without steps (the classical ones) never call it.  ``priors``: the
+    `medrecon.methods.priors.PriorCache` checkpoints are loaded into (None: the shared default)."""
     spec = get_method(method)
-    opts = resolve_options(spec, options)
+    if spec.modality != "mri":
+        raise ValueError(f"method {method!r} is a {spec.modality.upper()} method: reconstruct() takes MRI "
+                         f"k-space; reconstruct a scan with medrecon.reconstruct_file")
+    if options is not None and kwargs:
+        raise ValueError(f"options for method {method!r}: give options= or keywords, not both "
+                         f"(got options= and {sorted(kwargs)})")
+    opts = resolve_options(spec, kwargs if options is None else options)
     kspace, m = validate_inputs(kspace, mask, smaps)
     y = kspace * m.unsqueeze(-3)
     check_not_degenerate(y, m)
     t0 = time.perf_counter()
     if spec.needs_smaps and smaps is None:
         smaps = estimate_smaps(y, m, method)
-    gen = None
-    if seed is not None:
-        gen = torch.Generator(device=kspace.device).manual_seed(int(seed))
-    image, nfe = spec.fn(y, m, smaps, opts, gen)
+    gen = seeded_generator(seed, kspace.device)
+    extra = {k: v for k, v in (("callback", callback), ("priors", priors)) if k in _accepts(spec.fn)}
+    image, nfe = spec.fn(y, m, smaps, opts, gen, **extra)
     seconds = time.perf_counter() - t0
     return ReconResult(image=image, method=method, options=options_to_dict(opts), nfe=int(nfe),
                        seconds=seconds, smaps=smaps)

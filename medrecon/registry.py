@@ -1,11 +1,17 @@
 """Reconstruction methods registered by name, each with a dataclass of options (STYLE.md).
 
 One registry feeds ``medrecon.reconstruct``, ``medrecon methods``, ``medrecon recon --method``
-and the benchmark tables, so a method registered here appears everywhere at once.  A method is
-a function ``fn(kspace, mask, smaps, options, generator) -> (image, nfe)`` where ``kspace`` is
-multi-coil ``[..., C, H, W]``, ``image`` is ``[..., H, W]`` and ``nfe`` counts network
-evaluations (0 for classical methods).  Option dataclasses carry the paper's defaults and
-round-trip through JSON.
+and the benchmark tables, so a method registered here appears everywhere at once.  An MRI method
+is a function ``fn(kspace, mask, smaps, options, generator, callback=None, priors=None) -> (image,
+nfe)`` (CT methods: `medrecon.methods.ct`) where ``kspace`` is multi-coil ``[..., C, H, W]``,
+``image`` is ``[..., H, W]`` and ``nfe`` counts network evaluations (0 for classical methods);
+``callback(i, x)`` reports sampler steps and ``priors`` is the `medrecon.methods.priors.PriorCache`
+to load checkpoints from (both optional: a plugin may take only the first five).  Option
+dataclasses carry the paper's defaults and round-trip through JSON.
+
+A leaf: it imports no method module.  The built-in methods live in `medrecon.methods`, the only
+modules of the package that call `register_method`; `medrecon.reconstruct` imports that package,
+so they are registered once ``medrecon`` is imported.
 """
 from __future__ import annotations
 
@@ -15,8 +21,17 @@ import typing
 from dataclasses import dataclass
 from typing import Any, Callable
 
+import torch
+
 __all__ = ["MethodSpec", "register_method", "get_method", "list_methods", "resolve_options",
-           "options_to_dict"]
+           "options_to_dict", "DEFAULT_SEED", "seeded_generator"]
+
+DEFAULT_SEED = 0  # seed=None anywhere (API, CLI, batch) means this seed: results are always reproducible
+
+
+def seeded_generator(seed: int | None, device: torch.device | str = "cpu") -> torch.Generator:
+    """The generator of a run: ``seed`` (None: `DEFAULT_SEED`) on ``device``."""
+    return torch.Generator(device=device).manual_seed(DEFAULT_SEED if seed is None else int(seed))
 
 
 @dataclass(frozen=True)
@@ -27,6 +42,8 @@ class MethodSpec:
     description: str
     needs_smaps: bool = False
     kind: str = "classical"  # "classical" or "diffusion"
+    prior: str | None = None  # the shipped prior the method loads by default (its ``checkpoint`` option)
+    modality: str = "mri"  # "mri" (coil k-space in) or "ct" (sinogram in)
 
     def defaults(self) -> dict[str, Any]:
         return options_to_dict(self.options())
@@ -36,7 +53,7 @@ _REGISTRY: dict[str, MethodSpec] = {}
 
 
 def register_method(name: str, options: type, description: str, needs_smaps: bool = False,
-                    kind: str = "classical"):
+                    kind: str = "classical", prior: str | None = None, modality: str = "mri"):
     """Decorator registering ``fn`` under ``name`` with the options dataclass ``options``."""
     if not dataclasses.is_dataclass(options):
         raise TypeError(f"options for method {name!r} must be a dataclass")
@@ -44,29 +61,23 @@ def register_method(name: str, options: type, description: str, needs_smaps: boo
     def deco(fn):
         if name in _REGISTRY:
             raise ValueError(f"method {name!r} is already registered")
-        _REGISTRY[name] = MethodSpec(name, fn, options, description, needs_smaps, kind)
+        if modality not in ("mri", "ct"):
+            raise ValueError(f"method {name!r}: modality must be 'mri' or 'ct', got {modality!r}")
+        _REGISTRY[name] = MethodSpec(name, fn, options, description, needs_smaps, kind, prior, modality)
         return fn
 
     return deco
 
 
-def _load_builtin() -> None:
-    # importing these modules registers their methods
-    from medrecon import baselines  # noqa: F401
-    from medrecon.posterior import methods  # noqa: F401
-    from medrecon.posterior import fdmr  # noqa: F401
-
-
 def get_method(name: str) -> MethodSpec:
     """The spec of method ``name``; unknown names raise a ValueError listing the valid ones."""
-    _load_builtin()
     if name not in _REGISTRY:
         raise ValueError(f"unknown method {name!r}; valid methods: {', '.join(sorted(_REGISTRY))}")
     return _REGISTRY[name]
 
 
 def list_methods() -> list[MethodSpec]:
-    _load_builtin()
+    """Every registered method, by name."""
     return [_REGISTRY[k] for k in sorted(_REGISTRY)]
 
 
@@ -100,8 +111,15 @@ def _coerce(value, typ, key: str):
     return value
 
 
-def resolve_options(spec: MethodSpec, options: dict[str, Any] | None = None):
-    """Build ``spec.options`` from a dict, rejecting unknown keys (listing the valid ones)."""
+def resolve_options(spec: MethodSpec, options=None):
+    """Build ``spec.options`` from a dict, rejecting unknown keys (listing the valid ones).  An
+    instance of ``spec.options`` is already resolved and returned as is (options are parsed once,
+    at the API or CLI edge)."""
+    if isinstance(options, spec.options):
+        return options
+    if dataclasses.is_dataclass(options) and not isinstance(options, type):
+        raise ValueError(f"options for method {spec.name!r}: expected {spec.options.__name__} or a dict, "
+                         f"got {type(options).__name__}")
     options = dict(options or {})
     fields = {f.name: f for f in dataclasses.fields(spec.options)}
     unknown = sorted(set(options) - set(fields))

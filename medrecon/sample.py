@@ -26,6 +26,7 @@ for complex x is circular with E|z|^2 = 1.  Randomness only through ``generator`
 """
 from __future__ import annotations
 
+import inspect
 from typing import Callable, Optional
 
 import numpy as np
@@ -33,17 +34,23 @@ import torch
 
 from medrecon.models.schedules import spacing
 from medrecon.solvers import ddim, ddpm, dpm_solver_pp, euler, heun, pndm, unipc
+from medrecon.solvers.base import alphas_cumprod
 from medrecon.solvers.pndm import pndm_timesteps
 
+__all__ = ["sample", "run_solver", "SOLVERS", "solver_options", "timesteps_for", "euler_sigmas",
+           "alphas_cumprod", "check_steps"]
+
 SOLVERS = ("ddpm", "ddim", "pndm", "dpm-solver++", "unipc", "euler", "heun")
+_FUNCS = {"ddpm": ddpm, "ddim": ddim, "pndm": pndm, "dpm-solver++": dpm_solver_pp, "unipc": unipc,
+          "euler": euler, "heun": heun}
+_FROM_START = ("ddim", "ddpm", "dpm-solver++", "unipc", "euler", "heun")  # can start mid-grid (not pndm)
 
 
-def _alphas_cumprod(betas: torch.Tensor) -> torch.Tensor:
-    b = torch.as_tensor(betas)
-    if b.ndim != 1 or len(b) < 1 or not torch.is_floating_point(b):
-        raise ValueError("betas: expected a 1-D float tensor of training betas")
-    # diffusers keeps its tables in float32; do the same so numbers match one-to-one
-    return torch.cumprod(1.0 - b.float(), 0).double()
+def check_steps(steps, n_max: int) -> int:
+    """``steps`` as an int in [1, n_max], else a clear error."""
+    if not isinstance(steps, (int, np.integer)) or isinstance(steps, bool) or not 1 <= steps <= n_max:
+        raise ValueError(f"steps: expected an int in [1, {n_max}], got {steps!r}")
+    return int(steps)
 
 
 def euler_sigmas(alphas_cumprod: torch.Tensor, steps: int) -> tuple[np.ndarray, np.ndarray]:
@@ -70,14 +77,8 @@ def timesteps_for(solver: str, steps: int, n_train: int) -> torch.Tensor:
     raise ValueError(f"solver: expected one of {SOLVERS}, got {solver!r}")
 
 
-_FUNCS = {"ddpm": ddpm, "ddim": ddim, "pndm": pndm, "dpm-solver++": dpm_solver_pp, "unipc": unipc,
-          "euler": euler, "heun": heun}
-
-
 def solver_options(solver: str) -> tuple[str, ...]:
     """The keyword options ``sample`` accepts for ``solver`` (besides dc, generator, callback)."""
-    import inspect
-
     if solver not in SOLVERS:
         raise ValueError(f"solver: expected one of {SOLVERS}, got {solver!r}")
     params = inspect.signature(_FUNCS[solver]).parameters.values()
@@ -85,11 +86,32 @@ def solver_options(solver: str) -> tuple[str, ...]:
                  and p.name not in ("dc", "callback", "generator", "prev_timesteps"))
 
 
-def _check_options(solver: str, options: dict) -> None:
-    valid = solver_options(solver)
-    unknown = sorted(set(options) - set(valid))
+def run_solver(eps_fn, x, solver: str, steps: int, acp: torch.Tensor, *, start: int = 0, dc=None,
+               generator: Optional[torch.Generator] = None, callback=None, **options) -> torch.Tensor:
+    """The one dispatch by solver name: run ``solver`` on its ``steps``-step grid of the abar table
+    ``acp`` (``alphas_cumprod``) from grid index ``start`` (0 = the whole grid, any solver; > 0 = mid-grid,
+    CCDF, not pndm) with the data-consistency hook ``dc``; ``x`` is the state at that grid point."""
+    if solver not in SOLVERS:
+        raise ValueError(f"solver: expected one of {SOLVERS}, got {solver!r}")
+    unknown = sorted(set(options) - set(solver_options(solver)))
     if unknown:
-        raise ValueError(f"{solver}: unknown option(s) {unknown}; valid options: {list(valid) or 'none'}")
+        valid = list(solver_options(solver)) or "none"
+        raise ValueError(f"{solver}: unknown option(s) {unknown}; valid options: {valid}")
+    if start and solver not in _FROM_START:
+        raise ValueError(f"solver: {solver!r} cannot start mid-grid; use one of {_FROM_START}")
+    n_train = len(acp)
+    common = {"dc": dc, "callback": callback, "generator": generator}
+    if solver in ("euler", "heun"):
+        # Heun: timestep of each sigma (the second stage uses the next one, as diffusers repeats them)
+        ts, sig = euler_sigmas(acp, steps)
+        return _FUNCS[solver](eps_fn, x, torch.from_numpy(ts[start:].copy()), sig[start:], **common, **options)
+    if solver == "pndm":
+        return pndm(eps_fn, x, steps, acp, **common, **options)
+    ts = timesteps_for(solver, steps, n_train)
+    if solver in ("ddim", "ddpm"):
+        prev = ts - n_train // steps
+        return _FUNCS[solver](eps_fn, x, ts[start:], acp, prev_timesteps=prev[start:], **common, **options)
+    return _FUNCS[solver](eps_fn, x, ts[start:], acp, **common, **options)
 
 
 def sample(eps_fn: Callable[[torch.Tensor, torch.Tensor], torch.Tensor], x_T: torch.Tensor,
@@ -101,27 +123,9 @@ def sample(eps_fn: Callable[[torch.Tensor, torch.Tensor], torch.Tensor], x_T: to
         raise ValueError(f"solver: expected one of {SOLVERS}, got {solver!r}")
     if betas is None:
         raise ValueError("betas: required (1-D tensor of training betas, e.g. make_betas('linear', 1000))")
-    acp = _alphas_cumprod(betas)
-    n_train = len(acp)
-    if not isinstance(steps, (int, np.integer)) or isinstance(steps, bool) or not 1 <= steps <= n_train:
-        raise ValueError(f"steps: expected an int in [1, {n_train}], got {steps!r}")
+    acp = alphas_cumprod(betas)
+    steps = check_steps(steps, len(acp))
     if not isinstance(x_T, torch.Tensor):
         raise ValueError("x_T: expected a torch.Tensor")
-    steps = int(steps)
-    _check_options(solver, solver_options)
-    common = {"dc": dc, "callback": callback, "generator": generator}
-    if solver == "ddpm":
-        return ddpm(eps_fn, x_T, timesteps_for(solver, steps, n_train), acp, **common, **solver_options)
-    if solver == "ddim":
-        return ddim(eps_fn, x_T, timesteps_for(solver, steps, n_train), acp, **common, **solver_options)
-    if solver == "dpm-solver++":
-        return dpm_solver_pp(eps_fn, x_T, timesteps_for(solver, steps, n_train), acp, **common, **solver_options)
-    if solver == "pndm":
-        return pndm(eps_fn, x_T, steps, acp, **common, **solver_options)
-    if solver == "unipc":
-        return unipc(eps_fn, x_T, timesteps_for(solver, steps, n_train), acp, **common, **solver_options)
-    ts, sig = euler_sigmas(acp, steps)
-    if solver == "euler":
-        return euler(eps_fn, x_T, torch.from_numpy(ts), sig, **common, **solver_options)
-    # Heun: timestep of each sigma (the second stage uses the next one, as diffusers repeats them)
-    return heun(eps_fn, x_T, torch.from_numpy(ts), sig, **common, **solver_options)
+    return run_solver(eps_fn, x_T, solver, steps, acp, dc=dc, generator=generator, callback=callback,
+                      **solver_options)

@@ -31,6 +31,14 @@ from .physics.spirit import (
 __all__ = ["spirit_cg"]
 
 
+def _broadcasts_to(lead: torch.Size, target: torch.Size) -> bool:
+    """True when leading dims ``lead`` broadcast against ``target`` to exactly ``target``."""
+    try:
+        return torch.broadcast_shapes(lead, target) == target
+    except RuntimeError:
+        return False
+
+
 def spirit_cg(
     kspace: torch.Tensor,
     mask: torch.Tensor,
@@ -55,11 +63,7 @@ def spirit_cg(
     H, W = kspace.shape[-2:]
     C = kspace.shape[-3]
     m = check_mask(mask, (H, W)).to(device=kspace.device)
-    try:
-        lead = torch.broadcast_shapes(m.shape[:-2], kspace.shape[:-3])
-    except RuntimeError:
-        lead = None
-    if lead != kspace.shape[:-3]:
+    if not _broadcasts_to(m.shape[:-2], kspace.shape[:-3]):
         raise ValueError(
             f"mask of shape {tuple(mask.shape)} must broadcast to the k-space's [..., H, W] = "
             f"{tuple(kspace.shape[:-3]) + (H, W)} (kspace shape {tuple(kspace.shape)}; the coil "
@@ -90,11 +94,7 @@ def spirit_cg(
                 f"kernel must have shape [..., {C}, {C}, k, k] for {C} coils, got "
                 f"{tuple(kernel.shape)}"
             )
-        try:
-            klead = torch.broadcast_shapes(kernel.shape[:-4], kspace.shape[:-3])
-        except RuntimeError:
-            klead = None
-        if klead != kspace.shape[:-3]:
+        if not _broadcasts_to(kernel.shape[:-4], kspace.shape[:-3]):
             raise ValueError(
                 f"kernel leading dims {tuple(kernel.shape[:-4])} must broadcast to the k-space's "
                 f"leading dims {tuple(kspace.shape[:-3])}"

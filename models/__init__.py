@@ -9,7 +9,8 @@ from .networks import PRESETS, UNetConfig, build_unet, count_parameters, preset
 from .padding import PaddedNet, pad_to_multiple, padded, required_multiple
 from .schedules import (VE, VPContinuous, VPSchedule, convert, karras_sigmas, make_betas, spacing,
                         to_eps, to_x0)
-from .train import EMA, TrainResult, latest_checkpoint, train
+from .train import TrainResult, train
+from .train_common import EMA, latest_checkpoint
 from .wrapper import PREDICTION_TYPES, DiffusionModel
 
 __all__ = [

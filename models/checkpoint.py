@@ -35,7 +35,8 @@ from typing import Any
 import torch
 import torch.nn as nn
 
-from .config_schema import CheckpointConfigError, validate_checkpoint
+from .config_schema import (CHECKPOINT_FORMAT, CHECKPOINT_VERSION, CheckpointConfigError,
+                            validate_checkpoint)
 from .network_size import check_size, unet_size
 from .networks import UNetConfig, build_unet
 from .weights_file import checked_file, checked_weights, expected_state, load_tensors
@@ -46,8 +47,7 @@ __all__ = [
     "schedule_to_dict", "schedule_from_dict", "CheckpointConfigError", "MAX_CONFIG_BYTES",
 ]
 
-FORMAT = "medrecon-checkpoint"
-VERSION = 1
+FORMAT, VERSION = CHECKPOINT_FORMAT, CHECKPOINT_VERSION  # defined with the schema (config_schema)
 CONFIG = "config.json"
 MAX_CONFIG_BYTES = 64_000_000  # a config with 100k betas is ~2.5 MB
 

@@ -27,6 +27,9 @@ from typing import Any
 __all__ = ["CheckpointConfigError", "Checker", "validate_checkpoint", "validate_ddgan", "unet", "levels",
            "groups", "files", "extra", "envelope", "MAX_LEVELS", "MAX_WIDTH", "MAX_TIMESTEPS"]
 
+# format names and versions of the checkpoint kinds (written by checkpoint.py and ddgan.py)
+CHECKPOINT_FORMAT, CHECKPOINT_VERSION = "medrecon-checkpoint", 1
+DDGAN_FORMAT, DDGAN_VERSION = "medrecon-ddgan", 1
 MAX_LEVELS = 8  # U-Net / autoencoder levels (downsampling 2**7)
 MAX_WIDTH = 16384  # channels of one level
 MAX_TIMESTEPS = 100_000  # betas / abar / timestep_shifts entries
@@ -147,7 +150,7 @@ def unet(c: Checker, d: Any, key: str) -> Any:
 
 def ddgan_config(c: Checker, d: Any, key: str) -> Any:
     """A ``DDGANConfig`` from a checked dict (``unet``: a U-Net config or a preset name; 2-D only)."""
-    from .ddgan import DDGANConfig
+    from .ddgan_config import DDGANConfig
     from .networks import PRESETS
 
     df = DDGANConfig()
@@ -245,7 +248,7 @@ def extra(c: Checker, d: Any, key: str = "extra") -> None:
     if not isinstance(d, dict):
         c.expect(key, "an object", d)
     if "hfs" in d:
-        from .hfs_loss import REGIONS
+        from .hfs_process import REGIONS
 
         h = c.obj(d["hfs"], f"{key}.hfs", {"type", "acs"}, {"beta_min", "beta_max", "region"})
         c.str(h["type"], f"{key}.hfs.type", ("hfs",))
@@ -279,11 +282,10 @@ def envelope(c: Checker, cfg: Any, fmt: str, version: int, required: set, option
 # ---------------------------------------------------------------- the three formats
 def validate_checkpoint(cfg: Any, file: Any) -> tuple[Any, dict]:
     """Check a ``medrecon-checkpoint`` config; return (``UNetConfig``, files)."""
-    from .checkpoint import FORMAT, VERSION
     from .wrapper import PREDICTION_TYPES
 
     c = Checker(file)
-    envelope(c, cfg, FORMAT, VERSION, {"network", "schedule", "prediction_type", "files"},
+    envelope(c, cfg, CHECKPOINT_FORMAT, CHECKPOINT_VERSION, {"network", "schedule", "prediction_type", "files"},
              {"step", "timestep_shifts", "extra", "optimizer"}, "medrecon checkpoint")
     c.obj(cfg["network"], "network", {"type", "config"}, set())
     c.str(cfg["network"]["type"], "network.type", ("monai.DiffusionModelUNet",))
@@ -305,10 +307,8 @@ def validate_checkpoint(cfg: Any, file: Any) -> tuple[Any, dict]:
 
 def validate_ddgan(cfg: Any, file: Any) -> tuple[Any, dict]:
     """Check a ``medrecon-ddgan`` config; return (``DDGANConfig``, files)."""
-    from .ddgan import FORMAT, VERSION
-
     c = Checker(file)
-    envelope(c, cfg, FORMAT, VERSION, {"config", "files"}, {"step", "extra", "opt_g", "opt_d"}, "DDGAN checkpoint")
+    envelope(c, cfg, DDGAN_FORMAT, DDGAN_VERSION, {"config", "files"}, {"step", "extra", "opt_g", "opt_d"}, "DDGAN checkpoint")
     conf = ddgan_config(c, cfg["config"], "config")
     fs = files(c, cfg["files"], {"generator", "discriminator"}, {"ema", "opt_g", "opt_d"})
     for name in ("opt_g", "opt_d"):

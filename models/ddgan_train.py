@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import json
 import os
-import re
 import shutil
 import time
 from dataclasses import dataclass, field
@@ -23,12 +22,9 @@ from typing import Any
 import torch
 
 from .ddgan import DDGANConfig, Generator, build_ddgan, d_loss, g_loss, load_ddgan, save_ddgan
-from .train import EMA, _to_model_input, latest_checkpoint, step_generator
+from .train_common import CHECKPOINT_NAME, EMA, latest_checkpoint, step_generator, to_model_input
 
 __all__ = ["train_ddgan", "DDGANTrainResult", "ddgan_step"]
-
-_CKPT = re.compile(r"^step-(\d{8})$")
-
 
 @dataclass
 class DDGANTrainResult:
@@ -121,7 +117,7 @@ def train_ddgan(
             raise FileExistsError(f"out_dir: {out} already holds checkpoints ({last.name}); pass resume=True "
                                   "to continue them or overwrite=True to replace them")
         for p in out.iterdir():
-            if _CKPT.match(p.name):
+            if CHECKPOINT_NAME.match(p.name):
                 shutil.rmtree(p)
         last = None
     start = 0
@@ -145,7 +141,7 @@ def train_ddgan(
     def checkpoint(step: int) -> Path:
         path = save_ddgan(out / f"step-{step:08d}", G, D, step=step, ema=ema.shadow if ema else None,
                           opt_g=opt_g, opt_d=opt_d, extra=meta, overwrite=True)
-        done = sorted(p for p in out.iterdir() if _CKPT.match(p.name))
+        done = sorted(p for p in out.iterdir() if CHECKPOINT_NAME.match(p.name))
         for old in done[:-keep] if keep > 0 else []:
             if old != path:
                 shutil.rmtree(old, ignore_errors=True)
@@ -165,7 +161,7 @@ def train_ddgan(
             for step in range(start, steps):
                 g = step_generator(seed, 0, step, device)
                 idx = torch.randint(0, len(dataset), (batch_size,), generator=g, device=device).tolist()
-                x0 = _to_model_input(torch.stack([torch.as_tensor(dataset[i]) for i in idx]).to(device),
+                x0 = to_model_input(torch.stack([torch.as_tensor(dataset[i]) for i in idx]).to(device),
                                      cfg.unet.in_channels)
                 rec = ddgan_step(G, D, opt_g, opt_d, x0, g, r1_gamma=r1_gamma, lambda_rec=lambda_rec,
                                  do_r1=step % lazy_reg == 0, grad_clip=grad_clip)

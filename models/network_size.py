@@ -105,12 +105,17 @@ def _per_level(val: Any, n: int) -> list[int]:
     return [int(val)] * n if isinstance(val, int) else [int(v) for v in val]
 
 
-def unet_size(cfg: Any) -> NetworkSize:
-    """Size of ``DiffusionModelUNet`` for a (schema-checked) ``UNetConfig`` or its dict."""
+def _levels(cfg: Any) -> tuple[list[int], int, list[int], list[bool]]:
+    """(channels, number of levels, res blocks per level, attention per level) of a config."""
     ch = [int(c) for c in _get(cfg, "channels")]
     n = len(ch)
     nrb = _per_level(_get(cfg, "num_res_blocks"), n)
-    attn = [bool(a) for a in _get(cfg, "attention_levels")]
+    return ch, n, nrb, [bool(a) for a in _get(cfg, "attention_levels")]
+
+
+def unet_size(cfg: Any) -> NetworkSize:
+    """Size of ``DiffusionModelUNet`` for a (schema-checked) ``UNetConfig`` or its dict."""
+    ch, n, nrb, attn = _levels(cfg)
     updown = bool(_get(cfg, "resblock_updown"))
     t = _Tally(int(_get(cfg, "spatial_dims")))
     temb = 4 * ch[0]
@@ -160,10 +165,7 @@ def unet_size(cfg: Any) -> NetworkSize:
 
 def autoencoder_size(cfg: Any) -> NetworkSize:
     """Size of MONAI's ``AutoencoderKL`` (encoder, quant convs, decoder) for a checked ``AEConfig``."""
-    ch = [int(c) for c in _get(cfg, "channels")]
-    n = len(ch)
-    nrb = _per_level(_get(cfg, "num_res_blocks"), n)
-    attn = [bool(a) for a in _get(cfg, "attention_levels")]
+    ch, n, nrb, attn = _levels(cfg)
     lat = int(_get(cfg, "latent_channels"))
     t = _Tally(int(_get(cfg, "spatial_dims")))
 

@@ -27,7 +27,33 @@ from typing import Any
 
 import torch.nn as nn
 
-__all__ = ["UNetConfig", "PRESETS", "preset", "build_unet", "count_parameters"]
+__all__ = ["UNetConfig", "PRESETS", "preset", "build_unet", "count_parameters", "check_levels"]
+
+
+def check_levels(cfg: Any, names: tuple[str, ...]) -> None:
+    """The per-level fields of a frozen MONAI network config (``names[0] == "channels"``, then
+    e.g. attention_levels, num_res_blocks, checked in that order): lists (from JSON) become tuples
+    so configs compare and hash equal, an int ``num_res_blocks`` one entry per level; positive
+    widths, one entry per level, and ``norm_num_groups`` dividing every width, else ValueError
+    naming ``type(cfg).__name__.field``."""
+    cls = type(cfg).__name__
+    for name in names:
+        val = getattr(cfg, name)
+        if isinstance(val, int) and name == "num_res_blocks":
+            val = (val,) * len(cfg.channels)
+        if not isinstance(val, (list, tuple)):
+            raise ValueError(f"{cls}.{name}: expected a list, got {val!r}")
+        object.__setattr__(cfg, name, tuple(val))
+    n = len(cfg.channels)
+    if n < 1 or any(int(c) <= 0 for c in cfg.channels):
+        raise ValueError(f"{cls}.channels: expected positive widths, got {cfg.channels}")
+    for name in names[1:]:
+        if len(getattr(cfg, name)) != n:
+            raise ValueError(f"{cls}.{name}: expected {n} entries (one per level of channels="
+                             f"{cfg.channels}), got {getattr(cfg, name)}")
+    if any(c % cfg.norm_num_groups for c in cfg.channels):
+        raise ValueError(f"{cls}.norm_num_groups={cfg.norm_num_groups} must divide every entry of "
+                         f"channels={cfg.channels}")
 
 
 @dataclass(frozen=True)
@@ -50,28 +76,7 @@ class UNetConfig:
     norm_eps: float = 1e-6
 
     def __post_init__(self) -> None:
-        # normalise lists (from JSON) to tuples so configs compare and hash equal
-        for name in ("channels", "attention_levels", "num_res_blocks"):
-            val = getattr(self, name)
-            if isinstance(val, int) and name == "num_res_blocks":
-                val = (val,) * len(self.channels)
-            if not isinstance(val, (list, tuple)):
-                raise ValueError(f"UNetConfig.{name}: expected a list, got {val!r}")
-            object.__setattr__(self, name, tuple(val))
-        n = len(self.channels)
-        if n < 1 or any(int(c) <= 0 for c in self.channels):
-            raise ValueError(f"UNetConfig.channels: expected positive widths, got {self.channels}")
-        for name in ("attention_levels", "num_res_blocks"):
-            if len(getattr(self, name)) != n:
-                raise ValueError(
-                    f"UNetConfig.{name}: expected {n} entries (one per level of channels="
-                    f"{self.channels}), got {getattr(self, name)}"
-                )
-        if any(c % self.norm_num_groups for c in self.channels):
-            raise ValueError(
-                f"UNetConfig.norm_num_groups={self.norm_num_groups} must divide every entry of "
-                f"channels={self.channels}"
-            )
+        check_levels(self, ("channels", "attention_levels", "num_res_blocks"))
         if self.spatial_dims not in (2, 3):
             raise ValueError(f"UNetConfig.spatial_dims: expected 2 or 3, got {self.spatial_dims}")
 

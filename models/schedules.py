@@ -60,7 +60,7 @@ class VPSchedule:
 
     ``t`` is the training timestep 0 .. N-1; fractional t interpolates abar linearly; t = -1 means
     abar = 1 (clean data).  (diffusers' Euler/Heun interpolate sigma = sqrt((1-abar)/abar) linearly
-    instead; ``medrecon.testing.GaussianPrior.abar_at`` follows that.  The two differ only at
+    instead; ``medrecon.gaussian_prior.GaussianPrior.abar_at`` follows that.  The two differ only at
     fractional t, by second-order amounts: ~2e-5 relative in abar at t = 499.5, linear betas.)
     """
 

@@ -9,19 +9,19 @@ Objectives (x_t = alpha_t x0 + sigma_t z, z standard normal; CN(0, I) for comple
   sigma^2 ||s(x_t) + z / sigma||^2 = ||f + z||^2 with f = sigma * s (``scale_by_sigma``);
   t uniform on [0, 1] of the VE schedule's time.
 - ``"hfs"`` (Cao, Cui et al., IEEE TMI 2024): the HFS-SDE denoising score matching loss of
-  ``medrecon.models.hfs_loss.hfs_loss`` (noise on the high frequencies only, the process given
+  ``medrecon.models.hfs_process.hfs_loss`` (noise on the high frequencies only, the process given
   by ``hfs=HFSSDE(...)``, stored in the checkpoint config as ``extra["hfs"]``); a VE ``"score"``
   model conditioned on the noise level std(t) (default schedule VE(1e-3, 1), the range of std).
 
 Complex images are noised with circular complex Gaussian noise z ~ CN(0, I) (real and imaginary
 parts each N(0, 1/2), E|z|^2 = 1): the convention of the solvers' ancestral noise
-(``medrecon.solvers.base.noise_like``) and of the analytic prior (``medrecon.testing``), so a
+(``medrecon.solvers.base.noise_like``) and of the analytic prior (``medrecon.gaussian_prior``), so a
 complex x_T for sampling is ``torch.randn(..., dtype=torch.complex64)`` and DDPM / DDIM(eta > 0)
 add noise of the variance the model was trained with.  Real images [B, C, H, W] get N(0, 1) per
 channel, as in diffusers.
 
 Reproducibility and resumption: all randomness at step k (batch indices, t, z) comes from a
-generator seeded by (seed, rank, k), so resuming from a checkpoint (model, EMA, optimizer, step)
+generator seeded by (seed, rank, k) (`medrecon.models.train_common`), so resuming from a checkpoint (model, EMA, optimizer, step)
 continues bit-for-bit like the uninterrupted run.  Checkpoints go to ``out_dir/step-XXXXXXXX/``
 (``medrecon.models.checkpoint``); ``out_dir/log.jsonl`` logs losses.
 
@@ -36,51 +36,24 @@ from __future__ import annotations
 import copy
 import json
 import os
-import re
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable
 
-import numpy as np
 import torch
 import torch.nn as nn
 
 from .checkpoint import load_checkpoint, save_checkpoint
-from .hfs_loss import HFSSDE, hfs_loss
+from .hfs_process import HFSSDE, hfs_loss
 from .networks import UNetConfig, build_unet, preset
+from .train_common import (CHECKPOINT_NAME, EMA, latest_checkpoint, randn_like, step_generator,
+                           to_model_input)
 from .wrapper import DiffusionModel, is_ve
 
+# EMA, latest_checkpoint, step_generator live in train_common and stay importable from here
 __all__ = ["EMA", "TrainResult", "train", "OBJECTIVES", "latest_checkpoint", "step_generator"]
 
 OBJECTIVES = {"eps": "eps", "v": "v", "score": "score", "hfs": "score"}  # objective -> prediction type
-_CKPT = re.compile(r"^step-(\d{8})$")
-
-
-class EMA:
-    """Exponential moving average of a module's floating-point state:
-    shadow <- decay * shadow + (1 - decay) * current  (integer buffers are copied)."""
-
-    def __init__(self, module: nn.Module, decay: float) -> None:
-        if not 0.0 <= decay < 1.0:
-            raise ValueError(f"ema_decay: expected 0 <= decay < 1, got {decay}")
-        self.decay = float(decay)
-        self.shadow = {k: v.detach().clone() for k, v in module.state_dict().items()}
-
-    @torch.no_grad()
-    def update(self, module: nn.Module) -> None:
-        for k, v in module.state_dict().items():
-            s = self.shadow[k]
-            if s.is_floating_point():
-                s.mul_(self.decay).add_(v.detach(), alpha=1.0 - self.decay)
-            else:
-                s.copy_(v)
-
-    def state_dict(self) -> dict[str, torch.Tensor]:
-        return self.shadow
-
-    def load_state_dict(self, state: dict[str, torch.Tensor]) -> None:
-        for k, v in state.items():
-            self.shadow[k].copy_(v)
 
 
 @dataclass
@@ -92,23 +65,6 @@ class TrainResult:
     checkpoint: Path | None = None
 
 
-def step_generator(seed: int, rank: int, step: int, device: torch.device | str = "cpu") -> torch.Generator:
-    """The generator for one training step: depends only on (seed, rank, step)."""
-    state = np.random.SeedSequence([int(seed), int(rank), int(step)]).generate_state(1, dtype=np.uint64)[0]
-    g = torch.Generator(device=device)
-    g.manual_seed(int(state) & 0x7FFF_FFFF_FFFF_FFFF)
-    return g
-
-
-def latest_checkpoint(out_dir: str | os.PathLike) -> Path | None:
-    """The ``step-XXXXXXXX`` checkpoint with the highest step in ``out_dir`` (complete ones only)."""
-    out = Path(out_dir)
-    if not out.is_dir():
-        return None
-    found = [(int(m.group(1)), p) for p in out.iterdir() if (m := _CKPT.match(p.name)) and (p / "config.json").is_file()]
-    return max(found)[1] if found else None
-
-
 def _default_schedule(objective: str) -> Any:
     from .schedules import VE, VPSchedule, make_betas
 
@@ -117,32 +73,6 @@ def _default_schedule(objective: str) -> Any:
     if objective == "hfs":  # the network sees sigma = std(t) in (~1e-3, 1)
         return VE(sigma_min=1e-3, sigma_max=1.0)
     return VPSchedule(make_betas("linear", 1000))
-
-
-def _to_model_input(batch: torch.Tensor, in_channels: int) -> torch.Tensor:
-    """Stacked dataset items -> complex [B, H, W] (2-channel nets) or real [B, C, H, W]."""
-    if batch.is_complex():
-        if batch.ndim == 4 and batch.shape[1] == 1:
-            batch = batch[:, 0]
-        if batch.ndim != 3:
-            raise ValueError(f"dataset: expected complex items [H, W], got batch {tuple(batch.shape)}")
-        return batch.to(torch.complex64)
-    if batch.ndim == 3 and in_channels == 1:
-        batch = batch[:, None]
-    if batch.ndim != 4 or batch.shape[1] != in_channels:
-        raise ValueError(
-            f"dataset: expected items [{in_channels}, H, W] (real) or [H, W] (complex), "
-            f"got batch {tuple(batch.shape)}"
-        )
-    batch = batch.float()
-    if in_channels == 2:
-        return torch.view_as_complex(batch.permute(0, 2, 3, 1).contiguous())
-    return batch
-
-
-def _randn_like(x: torch.Tensor, g: torch.Generator) -> torch.Tensor:
-    # complex dtype: circular CN(0, I) (E|z|^2 = 1), the solvers' noise_like convention; real: N(0, 1)
-    return torch.randn(x.shape, generator=g, device=x.device, dtype=x.dtype)
 
 
 def diffusion_loss(model: DiffusionModel, x0: torch.Tensor, objective: str, g: torch.Generator,
@@ -160,7 +90,7 @@ def diffusion_loss(model: DiffusionModel, x0: torch.Tensor, objective: str, g: t
     else:
         n = len(sched.alphas_cumprod)
         t = torch.randint(0, n, (b,), generator=g, device=x0.device).float()
-    z = _randn_like(x0, g)
+    z = randn_like(x0, g)
     real = torch.float32 if x0.is_complex() else x0.dtype
     a, s = model._coeffs(t, x0.ndim, real)
     xt = a * x0 + s * z
@@ -292,7 +222,7 @@ def train(
         if rank == 0:
             import shutil
             for p in out.iterdir():
-                if _CKPT.match(p.name):
+                if CHECKPOINT_NAME.match(p.name):
                     shutil.rmtree(p)
         last = None
     if last is not None and resume:
@@ -337,7 +267,7 @@ def train(
             return None
         path = save_checkpoint(out / f"step-{step:08d}", model, config, ema=ema.shadow if ema else None,
                                step=step, optimizer=opt, overwrite=overwrite or resume)
-        done = sorted(p for p in out.iterdir() if _CKPT.match(p.name))
+        done = sorted(p for p in out.iterdir() if CHECKPOINT_NAME.match(p.name))
         for old in done[:-keep] if keep > 0 else []:
             if old != path:
                 import shutil
@@ -362,7 +292,7 @@ def train(
         for step in range(start, steps):
             g = step_generator(seed, rank, step, device)
             idx = torch.randint(0, len(dataset), (batch_size,), generator=g, device=device).tolist()
-            x0 = _to_model_input(torch.stack([torch.as_tensor(dataset[i]) for i in idx]).to(device), model.in_channels)
+            x0 = to_model_input(torch.stack([torch.as_tensor(dataset[i]) for i in idx]).to(device), model.in_channels)
             with torch.autocast(device.type, dtype=amp_dtype, enabled=amp_dtype is not None):
                 loss = diffusion_loss(train_model, x0, objective, g, hfs)
             opt.zero_grad(set_to_none=True)
@@ -449,7 +379,7 @@ def validation_loss(model: DiffusionModel, dataset, objective: str, seed: int, b
     n = min(len(dataset), max_items)
     total, count = 0.0, 0
     for i in range(0, n, batch_size):
-        x0 = _to_model_input(torch.stack([torch.as_tensor(dataset[j]) for j in range(i, min(n, i + batch_size))]).to(device),
+        x0 = to_model_input(torch.stack([torch.as_tensor(dataset[j]) for j in range(i, min(n, i + batch_size))]).to(device),
                              model.in_channels)
         total += float(diffusion_loss(model, x0, objective, g, hfs)) * x0.shape[0]
         count += x0.shape[0]
@@ -465,6 +395,6 @@ def _sample_grid(model, ema, sampler, like, num, seed, path: Path) -> None:
         m.net.load_state_dict(ema.shadow)
     m.net.eval()
     g = step_generator(seed, 0, 0xFFFF_FFFE, like.device)
-    x_t = _randn_like(like[:1].expand(num, *like.shape[1:]).contiguous(), g)
+    x_t = randn_like(like[:1].expand(num, *like.shape[1:]).contiguous(), g)
     _save_grid(sampler(m.eps_fn, x_t), path)
     model.net.train()

@@ -23,8 +23,9 @@ import math
 import torch
 
 from .fft import check_complex, ifft2c
+from .masks import acs_width, calibration_region
 
-__all__ = ["espirit", "rss", "sense_combine"]
+__all__ = ["espirit", "rss", "sense_combine", "estimate_smaps"]
 
 
 def _center_crop(x: torch.Tensor, size: tuple[int, int]) -> torch.Tensor:
@@ -142,3 +143,13 @@ def sense_combine(coil_images: torch.Tensor, smaps: torch.Tensor) -> torch.Tenso
             "in their last three dims [C, H, W]"
         )
     return (smaps.conj() * coil_images).sum(-3)
+
+
+def estimate_smaps(y: torch.Tensor, mask: torch.Tensor, method: str) -> torch.Tensor:
+    """ESPIRiT maps from the fully sampled centre of ``y`` sampled on ``mask`` (>= 8 central lines,
+    else a ValueError naming ``method``, the reconstruction that needs them)."""
+    acs = acs_width(mask)
+    if acs < 8:
+        raise ValueError(f"method {method!r} needs coil sensitivities: pass smaps=, or use a "
+                         f"mask with >= 8 fully sampled central lines (found {acs})")
+    return espirit(y, calib_width=calibration_region(mask, y.shape[-2]), kernel_width=min(6, acs))

@@ -155,7 +155,7 @@ class _RayProjector(abc.ABC):
         _check_real(image, "image", self.image_shape, "(the geometry's image_size)")
         lead = image.shape[:-2]
         x = image.reshape(math.prod(lead), self.image_size, self.image_size)
-        return _Project.apply(x, self).reshape(*lead, self.n_angles, self.n_detectors)
+        return _Ray.apply(x, self, False).reshape(*lead, self.n_angles, self.n_detectors)
 
     def adjoint(self, sinogram: torch.Tensor) -> torch.Tensor:
         """Matched backprojection ``A^T y`` of ``sinogram [..., n_angles, n_detectors]``."""
@@ -163,7 +163,7 @@ class _RayProjector(abc.ABC):
                     "(n_angles, n_detectors of the geometry)")
         lead = sinogram.shape[:-2]
         y = sinogram.reshape(math.prod(lead), self.n_angles, self.n_detectors)
-        return _Backproject.apply(y, self).reshape(*lead, self.image_size, self.image_size)
+        return _Ray.apply(y, self, True).reshape(*lead, self.image_size, self.image_size)
 
     def _project(self, x: torch.Tensor) -> torch.Tensor:
         """``[B, N, N] -> [B, K, n_det]``: gather along the rays (no autograd)."""
@@ -199,28 +199,18 @@ class _RayProjector(abc.ABC):
         return self.adjoint(self.forward(image) - sinogram)
 
 
-class _Project(torch.autograd.Function):
-    """``A x`` whose gradient is ``A^T`` (any order), independent of grid_sample's autograd."""
+class _Ray(torch.autograd.Function):
+    """``A x`` (``transpose=False``) or ``A^T y`` (``transpose=True``) whose gradient is the other
+    one (any order), independent of grid_sample's autograd."""
 
     @staticmethod
-    def forward(ctx, x, geo):
-        ctx.geo = geo
-        return geo._project(x)
-
-    @staticmethod
-    def backward(ctx, g):
-        return _Backproject.apply(g.contiguous(), ctx.geo), None
-
-
-class _Backproject(torch.autograd.Function):
-    @staticmethod
-    def forward(ctx, y, geo):
-        ctx.geo = geo
-        return geo._backproject(y)
+    def forward(ctx, x, geo, transpose):
+        ctx.geo, ctx.transpose = geo, transpose
+        return geo._backproject(x) if transpose else geo._project(x)
 
     @staticmethod
     def backward(ctx, g):
-        return _Project.apply(g.contiguous(), ctx.geo), None
+        return _Ray.apply(g.contiguous(), ctx.geo, not ctx.transpose), None, None
 
 
 class ParallelBeam(_RayProjector):

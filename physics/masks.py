@@ -47,7 +47,7 @@ from typing import Optional, Sequence, Union
 import numpy as np
 import torch
 
-__all__ = ["KINDS", "SampledMask", "sample_mask", "make_mask", "center_mask"]
+__all__ = ["KINDS", "SampledMask", "sample_mask", "make_mask", "center_mask", "acs_width", "calibration_region"]
 
 KINDS_1D = ("random", "equispaced", "equispaced_fraction", "magic", "magic_fraction", "gaussian1d")
 KINDS_2D = ("gaussian2d", "poisson")
@@ -379,3 +379,29 @@ def make_mask(kind: str, shape, acceleration, center_fraction, seed: Seed = None
     """
     return sample_mask(kind, shape, acceleration, center_fraction, seed, offset,
                        device=device).mask
+
+
+def acs_width(mask: torch.Tensor) -> int:
+    """Side of the largest fully sampled *centred* block (start ``n//2 - m//2``, the crop used
+    by ESPIRiT and SPIRiT calibration): columns for 1-D masks, a square for 2-D masks, over all
+    masks of a batch.  For any tensor mask (``SampledMask.acs`` knows it for sampled ones)."""
+    m = mask.to(torch.bool)
+    m = m.reshape(-1, m.shape[-2], m.shape[-1]).all(0)
+    H, W = m.shape
+    column = H == 1
+    best = 0
+    for n in range(1, (W if column else min(H, W)) + 1):
+        w0 = W // 2 - n // 2
+        block = m[:, w0:w0 + n] if column else m[H // 2 - n // 2:H // 2 - n // 2 + n, w0:w0 + n]
+        if not block.all():
+            break
+        best = n
+    return best
+
+
+def calibration_region(mask: torch.Tensor, height: int) -> Union[int, tuple[int, int]]:
+    """The ESPIRiT/SPIRiT calibration block of k-space with ``height`` readout rows sampled on
+    ``mask``: the fully sampled centre, at most 24 wide; 1-D masks: by up to 48 readout rows (every
+    readout row of the ACS columns is calibration data, 48 suffice)."""
+    acs = acs_width(mask)
+    return (min(height, 48), min(acs, 24)) if mask.shape[-2] == 1 else min(acs, 24)

@@ -25,3 +25,12 @@ def test_five_line_example_runs_on_the_demo_file(tmp_path):
     exec(compile(code, "README.md", "exec"), ns)
     res = ns["res"]
     assert res.method == "cg-sense" and res.image.shape == ns["kspace"].shape[-2:] and res.nfe == 0
+
+
+def test_package_version_equals_pyproject():
+    import tomllib
+
+    import medrecon
+
+    meta = tomllib.loads((Path(__file__).parents[1] / "pyproject.toml").read_text())
+    assert medrecon.__version__ == meta["project"]["version"]

@@ -203,6 +203,17 @@ def _plan(out: Path, reader, steps: int, args, opts: dict, name: str):
     return step, extra
 
 
+def _resume(out: Path, reader, steps: int, args, opts: dict, name: str, load):
+    """`_plan`, and when continuing ``load(out)`` -> (the model with its training weights, its EMA
+    state): ``None`` (nothing to do) or ``(start, extra, model or None, ema or None)``."""
+    plan = _plan(out, reader, steps, args, opts, name)
+    if plan is None:
+        return None
+    start, prev = plan
+    model, ema = load(out) if start else (None, None)
+    return start, prev, model, ema
+
+
 def _threads(opts: dict) -> None:
     if opts["threads"]:
         import torch
@@ -272,15 +283,13 @@ def _run_latent(args) -> int:
     if ae_extra.get("data", {}).get("size", opts["size"]) != opts["size"]:
         raise ValueError(f"{ae_dir}: autoencoder trained at size {ae_extra['data']['size']}, this run "
                          f"uses size={opts['size']}")
-    plan = _plan(lat_dir, _ct_reader(COLD_KIND), g["steps"], args, opts, "latent network")
+    plan = _resume(lat_dir, _ct_reader(COLD_KIND), g["steps"], args, opts, "latent network",
+                   lambda d: (load_cold_diffusion(d, g["device"], use_ema=False),
+                              read_ct_checkpoint(d, COLD_KIND)[1].get("ema")))
     if plan is None:
         return 0
-    start, prev = plan
-    ema = None
-    if start:
-        model = load_cold_diffusion(lat_dir, g["device"], use_ema=False)
-        ema = read_ct_checkpoint(lat_dir, COLD_KIND)[1].get("ema")
-    else:
+    start, prev, model, ema = plan
+    if not start:
         c = ae.latent_channels
         model = dict(CT_UNET, in_channels=c, out_channels=c) if g["preset"] == "ct" else g["preset"]
     data = _simulate(opts) if data is None else data
@@ -311,15 +320,12 @@ def _run_pixel(args) -> int:
     _threads(opts)
     g = _generic(args, "ct-pixel-ddpm")
     out = Path(args.out)
-    plan = _plan(out, _pixel_reader, g["steps"], args, opts, "pixel DDPM")
+    plan = _resume(out, _pixel_reader, g["steps"], args, opts, "pixel DDPM",
+                   lambda d: (load_pixel_ddpm(d, g["device"], use_ema=False), load_checkpoint(d).ema))
     if plan is None:
         return 0
-    start, prev = plan
-    ema = None
-    if start:
-        model = load_pixel_ddpm(out, g["device"], use_ema=False)
-        ema = load_checkpoint(out).ema
-    else:
+    start, prev, model, ema = plan
+    if not start:
         n = getattr(args, "num_train_timesteps", None) or 1000
         betas = make_betas(getattr(args, "beta_schedule", None) or "linear", n)
         model = build_pixel_ddpm(dict(CT_UNET, in_channels=2, out_channels=1) if g["preset"] == "ct"

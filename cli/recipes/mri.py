@@ -10,7 +10,7 @@ recon: the posterior methods reconstruct on the k-space grid, readout oversampli
 stores the complex images in ``<out>/data/images.pt``; later runs reuse it.  ``--data`` takes any
 ``medrecon train --data`` source (a tensor file or a fastMRI folder, see ``cli/train.load_images``).
 
-Normalisation (what ``medrecon.posterior.methods`` expects with ``normalize=True``: k-space
+Normalisation (what ``medrecon.methods.vp`` expects with ``normalize=True``: k-space
 divided by max |A^H y|, the zero-filled image's maximum): every image x is divided by
 max |F^-1 M F x| for a mask M drawn per image (seeded by its index) from fastMRI's 4x (8%
 centre) and 8x (4% centre) equispaced_fraction / random masks -- the single-coil form of A^H y.
@@ -20,7 +20,7 @@ bit-exact.
 
 Network and schedule: preset ``brain128`` (MONAI UNet, 1.0M parameters) unless ``--preset``;
 ``vp``: eps objective, 1000 linear betas; ``ve``: VE score, sigma 0.01 .. ``--sigma-max``;
-``hfs``: ``medrecon.models.hfs_loss.hfs_loss`` with ``HFSSDE(acs)`` (default acs 10: the
+``hfs``: ``medrecon.models.hfs_process.hfs_loss`` with ``HFSSDE(acs)`` (default acs 10: the
 fastMRI 4x / 8% ACS of a 128-wide k-space, ``--recipe-option acs=N``).  Recipe options:
 ``volumes`` (32), ``slices`` (4), ``data_seed`` (0), ``size`` (128), ``acs`` (10, hfs only),
 ``threads`` (torch threads, default: unchanged), ``minutes`` (wall-time limit of the training
@@ -40,14 +40,13 @@ import os
 from pathlib import Path
 
 from . import Recipe
+from .mri_normalize import normalize_images
 
 __all__ = ["RECIPES", "prepare_images", "normalize_images", "WindowDataset"]
 
 _DEFAULTS = {"preset": "brain128", "steps": 2000, "batch_size": 8, "lr": 5e-4}
 _OPTIONS = {"volumes": 32, "slices": 4, "data_seed": 0, "size": 128, "acs": 10, "threads": 0, "minutes": 0,
             "scales": 0}
-_MASKS = (("equispaced_fraction", 4, 0.08), ("random", 4, 0.08), ("equispaced_fraction", 8, 0.04),
-          ("random", 8, 0.04))
 _OFFSETS = (-32, -16, 0, 16, 32)
 
 
@@ -72,29 +71,6 @@ def _options(args, recipe: str) -> dict[str, int]:
         raise ValueError(f"--recipe-option data_seed: training data uses simulator seeds 0..999 "
                          f"(>= 1000 are held-out test sets), got {opts['data_seed']}")
     return opts
-
-
-def normalize_images(images, seed: int = 0):
-    """Complex images [N, H, W] / max |F^-1 M_i F x_i| with M_i one of the fastMRI 4x/8x masks,
-    drawn per image from ``seed + i`` (module docstring)."""
-    import torch
-
-    from medrecon.physics.fft import fft2c, ifft2c
-    from medrecon.physics.masks import make_mask
-
-    if not isinstance(images, torch.Tensor) or not images.is_complex() or images.ndim != 3:
-        raise ValueError(f"images: expected complex [N, H, W], got {getattr(images, 'dtype', type(images))} "
-                         f"{tuple(getattr(images, 'shape', ()))}")
-    out = torch.empty_like(images, dtype=torch.complex64)
-    H, W = images.shape[-2:]
-    for i, x in enumerate(images.to(torch.complex64)):
-        kind, acc, cf = _MASKS[(seed + i) % len(_MASKS)]
-        m = make_mask(kind, (H, W), acc, cf, seed=seed + i)
-        scale = ifft2c(fft2c(x) * m).abs().max()
-        if not scale > 0:
-            raise ValueError(f"images: image {i} is zero")
-        out[i] = x / scale
-    return out
 
 
 def prepare_images(data_dir: str | os.PathLike, volumes: int, slices: int, seed: int,
@@ -179,7 +155,7 @@ def _run(args, recipe: str) -> int:
     import torch
 
     from medrecon.builtin_priors import resolve_checkpoint
-    from medrecon.models.hfs_loss import HFSSDE
+    from medrecon.models.hfs_process import HFSSDE
     from medrecon.models.networks import preset
     from medrecon.models.schedules import VE, VPSchedule, make_betas
     from medrecon.models.train import train

@@ -8,7 +8,7 @@ inference), at ``LEVELS`` fixed noise levels with one fixed noise draw per (imag
 two checkpoints are compared on identical inputs:
 
 - VP eps prior: ||eps(x_t, t) - z||^2 at timesteps t = 50, 150, ..., 950 (of 1000);
-- HFS prior: ``medrecon.models.hfs_loss.hfs_loss``'s integrand |P_H(std s(x_t) + z)|^2 at
+- HFS prior: ``medrecon.models.hfs_process.hfs_loss``'s integrand |P_H(std s(x_t) + z)|^2 at
   t = 0.05, 0.15, ..., 0.95 of the HFS-SDE.
 
 Usage::
@@ -32,7 +32,7 @@ LEVELS = 10
 
 def heldout_images(size: int, volumes: int = 2, slices: int = 2, seed: int = 1000) -> torch.Tensor:
     """Normalised held-out images ``[volumes * slices, 2 size, size]`` (simulator ``seed`` >= 1000)."""
-    from .mri import normalize_images
+    from .mri_normalize import normalize_images
     from .mri_scales import simulate_scale
 
     if seed < 1000:
@@ -50,7 +50,7 @@ def heldout_loss(checkpoint: str | os.PathLike, images: torch.Tensor, seed: int 
     """Mean loss of ``checkpoint`` (VP eps or HFS prior, by its config) over ``images`` [N, H, W] and
     the ``LEVELS`` fixed noise levels (module docstring)."""
     from medrecon.models.checkpoint import load_checkpoint, load_model
-    from medrecon.models.hfs_loss import HFSSDE, hfs_score_fn
+    from medrecon.models.hfs_process import HFSSDE, hfs_score_fn
 
     extra = load_checkpoint(checkpoint).extra
     model = load_model(checkpoint, use_ema=True)

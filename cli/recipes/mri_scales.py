@@ -7,8 +7,8 @@ at every size, so the pixel size falls from ~1.8 mm to ~0.6 mm, and its random a
 scale 0.9-1.1 and random T1/T2/PD/FLAIR contrast vary within a size), with fastMRI's 2x readout
 oversampling, 8-16 coils and SNR 30 as the single-scale recipe.  Each slice is SENSE-combined
 with ESPIRiT maps (calibration 24, kernel 6) over the whole encoded field of view (2 s x s) and
-normalised by its zero-filled maximum (``mri.normalize_images``).  To keep the data preparation
-within minutes on one core the ESPIRiT maps are computed once per volume, from its middle slice:
+normalised by its zero-filled maximum (``mri_normalize.normalize_images``).  To keep the data
+preparation within minutes on one core the ESPIRiT maps are computed once per volume, from its middle slice:
 the simulator's coil array is fixed per volume, and its slices are contiguous.
 
 Training items are ``size`` x ``size`` windows (fixed size, so one batch mixes scales): row
@@ -60,7 +60,7 @@ def prepare_multiscale(data_dir: str | os.PathLike, volumes: int, slices: int, s
     returns the path, reusing an existing file."""
     import torch
 
-    from .mri import normalize_images
+    from .mri_normalize import normalize_images
 
     data_dir = Path(data_dir)
     target = data_dir / FILE

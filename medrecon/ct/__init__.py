@@ -9,8 +9,8 @@
 - `evaluate` (imported on demand): RMSE in HU inside the body, PSNR, SSIM and time per slice for
   FBP, the pixel DDPM and latent cold diffusion; ``python -m medrecon.ct.evaluate`` runs a tiny
   CPU comparison.
-- `inputs`, `recon` (imported on demand): CT inputs of ``medrecon recon`` (DICOM CT series, sinogram
-  files) and the CLI entry ``run_cli`` with the methods ``CT_METHODS``.
+- `inputs`, `recon` (imported on demand): CT inputs (DICOM CT series, sinogram files) and the
+  reconstruction behind the registered CT methods (`medrecon.methods.ct`).
 - `bench` (imported on demand): ``medrecon bench ct`` on a held-out simulated test set.
 
 MONAI is imported only when a network is built.

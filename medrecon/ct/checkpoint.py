@@ -33,7 +33,7 @@ import os
 import shutil
 import tempfile
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable
 
 import torch
 
@@ -42,7 +42,7 @@ from medrecon.models.config_schema import (MAX_TIMESTEPS, Checker, CheckpointCon
                                            levels, unet)
 
 __all__ = ["CT_FORMAT", "CT_VERSION", "CT_KINDS", "save_ct_checkpoint", "read_ct_checkpoint", "check_state",
-           "validate_ct"]
+           "validate_ct", "read_ct_network", "load_ct_state"]
 
 CT_FORMAT = "medrecon-ct-checkpoint"
 CT_VERSION = 1
@@ -54,7 +54,7 @@ _AE_KEYS = {"channels", "num_res_blocks", "attention_levels", "latent_channels",
 
 def autoencoder(c: Checker, d: Any, key: str) -> Any:
     """An ``AEConfig`` (MONAI ``AutoencoderKL``) from a checked dict."""
-    from .autoencoder import AEConfig
+    from .autoencoder_net import AEConfig
 
     df = AEConfig()
     c.obj(d, key, set(), _AE_KEYS)
@@ -119,7 +119,7 @@ def _network(kind: str, net: Any) -> tuple[Any, Any]:
     from medrecon.models.network_size import autoencoder_size, unet_size
 
     if kind == "ct-autoencoder-kl":
-        from .autoencoder import CTAutoencoder
+        from .autoencoder_net import CTAutoencoder
 
         return autoencoder_size(net), lambda: CTAutoencoder(net).net
     from medrecon.models.networks import build_unet
@@ -183,3 +183,27 @@ def check_state(expected: dict[str, torch.Tensor], got: dict[str, torch.Tensor],
     """Raise ``CheckpointConfigError`` (a ``ValueError``) unless ``got`` has exactly the keys, shapes and
     dtypes of ``expected``."""
     _check_state(expected, got, Path(file))
+
+
+def read_ct_network(directory: str | os.PathLike, kind: str, net_type: str, what: str,
+                    parse: Callable[[Any, Any], Any]) -> tuple[Any, dict[str, Any], dict[str, Any]]:
+    """`read_ct_checkpoint`, then the network type (``net_type``) and ``parse(network config,
+    config)``, whose KeyError/TypeError/ValueError become ``"invalid {what} config"`` naming
+    config.json.  Returns (what ``parse`` returned, config.json contents, weights)."""
+    cfg, weights = read_ct_checkpoint(directory, kind)
+    file = Path(directory) / "config.json"
+    net = cfg["config"].get("network", {})
+    if net.get("type") != net_type:
+        raise ValueError(f"{file}: unknown network type {net.get('type')!r}")
+    try:
+        parsed = parse(net["config"], cfg["config"])
+    except (KeyError, TypeError, ValueError) as exc:
+        raise ValueError(f"{file}: invalid {what} config ({exc})") from None
+    return parsed, cfg, weights
+
+
+def load_ct_state(net: torch.nn.Module, directory: str | os.PathLike, cfg: dict[str, Any],
+                  weights: dict[str, dict[str, torch.Tensor]], key: str) -> None:
+    """Load ``weights[key]`` into ``net`` once `check_state` has matched it against the net."""
+    check_state(net.state_dict(), weights[key], Path(directory) / cfg["files"][key])
+    net.load_state_dict(weights[key])

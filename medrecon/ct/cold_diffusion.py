@@ -34,9 +34,9 @@ from medrecon.models.networks import UNetConfig, build_unet, unet_config
 from medrecon.models.padding import pad_to_multiple, required_multiple
 
 from .autoencoder import CTAutoencoder, decode, encode
-from .checkpoint import check_state, read_ct_checkpoint, save_ct_checkpoint
+from .checkpoint import load_ct_state, read_ct_network, save_ct_checkpoint
 from .data import pair_tensors
-from .fit import check_steps, fit
+from .fit import check_steps, fit_pairs
 
 __all__ = ["ColdSchedule", "degrade", "LatentColdDiffusion", "build_cold_model", "cold_loss",
            "cold_sample", "cold_timesteps", "ColdTrainResult", "train_cold_diffusion",
@@ -258,18 +258,11 @@ def train_cold_diffusion(config: UNetConfig | dict | str | LatentColdDiffusion, 
         raise ValueError(f"data: latent size {tuple(z0_all.shape[-2:])} is not a multiple of the latent "
                          f"network's downsampling {f}")
     model.to(device)
-
-    def loss_fn(g: torch.Generator) -> torch.Tensor:
-        idx = torch.randint(0, z0_all.shape[0], (batch_size,), generator=g, device=device)
-        return cold_loss(model, z0_all[idx], zT_all[idx], g, loss)
-
-    model.net.requires_grad_(True)
-    res = fit(model.net, loss_fn, steps=steps, lr=lr, seed=seed, device=device, ema_decay=ema_decay,
-              grad_clip=grad_clip, progress=progress, start_step=start_step, ema_state=ema_state)
-    path = None
-    if out_dir is not None:
-        path = save_cold_diffusion(out_dir, model, ema=res.ema.shadow if res.ema else None,
-                                   step=int(start_step) + steps, overwrite=overwrite, extra=extra)
+    res, path = fit_pairs(
+        model, z0_all, zT_all, lambda z0, zT, g: cold_loss(model, z0, zT, g, loss),
+        save_cold_diffusion, batch_size=batch_size, steps=steps, lr=lr, seed=seed, device=device,
+        ema_decay=ema_decay, grad_clip=grad_clip, progress=progress, start_step=start_step,
+        ema_state=ema_state, out_dir=out_dir, overwrite=overwrite, extra=extra)
     return ColdTrainResult(model, res.losses, res.seconds, enc_s, res.ema, path)
 
 
@@ -307,18 +300,10 @@ def save_cold_diffusion(directory: str | os.PathLike, model: LatentColdDiffusion
 def load_cold_diffusion(directory: str | os.PathLike, map_location: str | torch.device = "cpu",
                         use_ema: bool = True) -> LatentColdDiffusion:
     """Rebuild a saved latent cold-diffusion model (EMA weights when saved and ``use_ema``), eval mode."""
-    cfg, weights = read_ct_checkpoint(directory, COLD_KIND)
-    file = Path(directory) / "config.json"
-    net = cfg["config"].get("network", {})
-    if net.get("type") != "monai.DiffusionModelUNet":
-        raise ValueError(f"{file}: unknown network type {net.get('type')!r}")
-    try:
-        ncfg = UNetConfig.from_dict(net["config"])
-        sched = ColdSchedule.from_dict(cfg["config"]["schedule"])
-    except (KeyError, TypeError, ValueError) as exc:
-        raise ValueError(f"{file}: invalid latent cold-diffusion config ({exc})") from None
+    (ncfg, sched), cfg, weights = read_ct_network(
+        directory, COLD_KIND, "monai.DiffusionModelUNet", "latent cold-diffusion",
+        lambda net, c: (UNetConfig.from_dict(net), ColdSchedule.from_dict(c["schedule"])))
     model = LatentColdDiffusion(build_unet(ncfg), sched, ncfg)
     key = "ema" if use_ema and "ema" in weights else "model"
-    check_state(model.net.state_dict(), weights[key], Path(directory) / cfg["files"][key])
-    model.net.load_state_dict(weights[key])
+    load_ct_state(model.net, directory, cfg, weights, key)
     return model.to(map_location).eval()

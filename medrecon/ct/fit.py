@@ -1,8 +1,8 @@
 """The small optimisation loop shared by the CT trainers (autoencoder, latent net, pixel DDPM).
 
-It reuses the pieces of ``medrecon.models.train``: the per-step generator ``step_generator(seed,
-rank=0, step)`` (all randomness of step k -- batch indices, t, noise -- depends only on
-(seed, k)), AdamW, gradient-norm clipping and the ``EMA`` class.  ``medrecon.models.train.train``
+It reuses the pieces of ``medrecon.models.train_common``: the per-step generator
+``step_generator(seed, rank=0, step)`` (all randomness of step k -- batch indices, t, noise --
+depends only on (seed, k)), AdamW, gradient-norm clipping and the ``EMA`` class.  ``medrecon.models.train.train``
 itself cannot be called: it trains unconditional Gaussian priors on a dataset of clean images,
 while these objectives need (NDCT, LDCT) pairs, a KL term or a cold degradation.
 Single process, no mixed precision.  Checkpoints are written at the end by the callers; a run can
@@ -19,14 +19,15 @@ from __future__ import annotations
 
 import time
 from dataclasses import dataclass, field
-from typing import Callable
+from pathlib import Path
+from typing import Any, Callable
 
 import torch
 import torch.nn as nn
 
-from medrecon.models.train import EMA, step_generator
+from medrecon.models.train_common import EMA, step_generator
 
-__all__ = ["FitResult", "WarmupEMA", "fit", "check_steps"]
+__all__ = ["FitResult", "WarmupEMA", "fit", "fit_pairs", "check_steps"]
 
 
 class WarmupEMA(EMA):
@@ -103,3 +104,26 @@ def fit(net: nn.Module, loss_fn: Callable[[torch.Generator], torch.Tensor], *, s
     res.seconds = time.perf_counter() - t0
     net.eval()
     return res
+
+
+def fit_pairs(model: Any, clean: torch.Tensor, degraded: torch.Tensor,
+              pair_loss: Callable[[torch.Tensor, torch.Tensor, torch.Generator], torch.Tensor],
+              save: Callable[..., Path], *, batch_size: int, steps: int, lr: float, seed: int,
+              device: torch.device, ema_decay: float | None, grad_clip: float | None,
+              progress: bool, start_step: int, ema_state: dict | None, out_dir,
+              overwrite: bool, extra: dict | None) -> tuple[FitResult, Path | None]:
+    """`fit` ``model.net`` on ``pair_loss(clean[idx], degraded[idx], g)`` over random batches of
+    paired tensors (the CT denoisers: latent cold diffusion, pixel DDPM); with ``out_dir`` save it
+    by ``save(out_dir, model, ema=, step=, overwrite=, extra=)``.  Returns (result, saved path)."""
+    def loss_fn(g: torch.Generator) -> torch.Tensor:
+        idx = torch.randint(0, clean.shape[0], (batch_size,), generator=g, device=device)
+        return pair_loss(clean[idx], degraded[idx], g)
+
+    model.net.requires_grad_(True)
+    res = fit(model.net, loss_fn, steps=steps, lr=lr, seed=seed, device=device, ema_decay=ema_decay,
+              grad_clip=grad_clip, progress=progress, start_step=start_step, ema_state=ema_state)
+    path = None
+    if out_dir is not None:
+        path = save(out_dir, model, ema=res.ema.shadow if res.ema else None,
+                    step=int(start_step) + steps, overwrite=overwrite, extra=extra)
+    return res, path

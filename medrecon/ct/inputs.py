@@ -47,7 +47,7 @@ import numpy as np
 import torch
 
 __all__ = ["CTScan", "SINOGRAM_SUFFIXES", "is_ct_input", "read_ct_input", "write_sinogram",
-           "geometry_from_attrs"]
+           "geometry_from_attrs", "count_slices"]
 
 SINOGRAM_SUFFIXES = (".h5", ".hdf5", ".npz", ".npy")
 _DATA_KEYS = ("sinogram", "counts", "sinogram_lowdose")
@@ -89,16 +89,21 @@ def _h5_kind(path: Path) -> bool:
 
 
 def is_ct_input(path) -> bool:
-    """True for a sinogram file of the documented format or a DICOM CT series (folder or file)."""
+    """True for a sinogram file of the documented format or a DICOM CT series (folder or file);
+    False for anything else, a missing path or one that cannot be read (it then fails as an MRI
+    input, with that reader's error)."""
     p = Path(path)
     name = p.name.lower()
-    if p.is_file() and name.endswith((".npy", ".npz")):
-        return True
-    if p.is_file() and name.endswith((".h5", ".hdf5")):
-        return _h5_kind(p)
-    if name.endswith((".nii", ".nii.gz")) or not p.exists():
+    try:
+        if p.is_file() and name.endswith((".npy", ".npz")):
+            return True
+        if p.is_file() and name.endswith((".h5", ".hdf5")):
+            return _h5_kind(p)
+        if name.endswith((".nii", ".nii.gz")) or not p.exists():
+            return False
+        return _dicom_modality(p) == "CT"
+    except (OSError, ValueError):
         return False
-    return _dicom_modality(p) == "CT"
 
 
 def _dicom_modality(p: Path) -> str | None:
@@ -257,27 +262,38 @@ def read_ct_input(path, options: dict, slices: str | None = None) -> CTScan:
     return _read_dicom(p, options, slices)
 
 
+def count_slices(path) -> int:
+    """The number of slices of a CT input (sinogram file or DICOM CT series), without simulating
+    or reconstructing anything."""
+    p = Path(path)
+    if p.is_file() and p.name.lower().endswith(SINOGRAM_SUFFIXES):
+        data, _ = _read_arrays(p)
+        key = next((k for k in ("sinogram_lowdose", "sinogram", "counts") if k in data), None)
+        if key is None:
+            raise ValueError(f"{p}: no sinogram found")
+        return 1 if np.ndim(data[key]) == 2 else int(np.shape(data[key])[0])
+    from medrecon.datasets.dicom import read_dicom_series
+
+    return int(read_dicom_series(p).volume.shape[0])
+
+
 def _read_sinogram_checked(p: Path, slices) -> CTScan:
     """`_read_sinogram_file` with every error of a corrupt file as a ValueError naming ``p``
     (numpy, zipfile and h5py raise many types on truncated or bit-flipped files)."""
     import tokenize
     import zipfile
 
-    try:
+    from medrecon.datasets.limits import reader_errors
+
+    with reader_errors(p, "not a readable sinogram file", (
+            OSError, EOFError, zipfile.BadZipFile, KeyError, TypeError, IndexError, OverflowError,
+            RuntimeError, SyntaxError, tokenize.TokenError)):  # SyntaxError...: npy header
         return _read_sinogram_file(p, slices)
-    except ValueError as exc:
-        if str(p) in str(exc):
-            raise
-        raise ValueError(f"{p}: {exc}") from None
-    except (OSError, EOFError, zipfile.BadZipFile, KeyError, TypeError, IndexError,
-            OverflowError, RuntimeError, SyntaxError, tokenize.TokenError) as exc:  # npy header
-        raise ValueError(f"{p}: not a readable sinogram file ({type(exc).__name__}: {exc})") \
-            from None
 
 
 def _read_sinogram_file(p: Path, slices) -> CTScan:
     from medrecon.physics.ct import MU_WATER, log_transform
-    from medrecon.pipeline import parse_slices
+    from medrecon.inputs import parse_slices
 
     data, attrs = _read_arrays(p)
     sim = _scalar(attrs, "format", "", str) == "medrecon-ct-sim" or "sinogram_lowdose" in data
@@ -344,7 +360,7 @@ def _read_dicom(p: Path, options: dict, slices) -> CTScan:
     from medrecon.datasets.dicom import read_dicom_series
     from medrecon.image_inputs import slab_series
     from medrecon.physics.ct import MU_WATER, ParallelBeam, hu_to_mu, simulate_lowdose
-    from medrecon.pipeline import parse_slices
+    from medrecon.inputs import parse_slices
 
     series = read_dicom_series(p)
     if series.modality.upper() != "CT":

@@ -33,7 +33,7 @@ from medrecon.models.schedules import VPSchedule, make_betas
 from medrecon.models.wrapper import DiffusionModel
 
 from .data import pair_tensors
-from .fit import check_steps, fit
+from .fit import check_steps, fit_pairs
 
 __all__ = ["ConditionalDDPM", "build_pixel_ddpm", "ddpm_loss", "train_pixel_ddpm", "PixelTrainResult",
            "conditional_eps_fn", "sample_pixel_ddpm", "save_pixel_ddpm", "load_pixel_ddpm"]
@@ -123,18 +123,11 @@ def train_pixel_ddpm(config: UNetConfig | dict | str | ConditionalDDPM, data, *,
     if nd.shape[-1] % f or nd.shape[-2] % f:
         raise ValueError(f"data: image size {tuple(nd.shape[-2:])} is not a multiple of the network's "
                          f"downsampling {f}")
-
-    def loss_fn(g: torch.Generator) -> torch.Tensor:
-        idx = torch.randint(0, nd.shape[0], (batch_size,), generator=g, device=device)
-        return ddpm_loss(model, nd[idx], ld[idx], g)
-
-    model.net.requires_grad_(True)
-    res = fit(model.net, loss_fn, steps=steps, lr=lr, seed=seed, device=device, ema_decay=ema_decay,
-              grad_clip=grad_clip, progress=progress, start_step=start_step, ema_state=ema_state)
-    path = None
-    if out_dir is not None:
-        path = save_pixel_ddpm(out_dir, model, ema=res.ema.shadow if res.ema else None,
-                               step=int(start_step) + steps, overwrite=overwrite, extra=extra)
+    res, path = fit_pairs(
+        model, nd, ld, lambda x0, ldct, g: ddpm_loss(model, x0, ldct, g), save_pixel_ddpm,
+        batch_size=batch_size, steps=steps, lr=lr, seed=seed, device=device, ema_decay=ema_decay,
+        grad_clip=grad_clip, progress=progress, start_step=start_step, ema_state=ema_state,
+        out_dir=out_dir, overwrite=overwrite, extra=extra)
     return PixelTrainResult(model, res.losses, res.seconds, res.ema, path)
 
 
@@ -147,9 +140,9 @@ class _CountingEps:
         self.model, self.cond, self.nfe = model, cond, 0
         self.ldct_above = ldct_above
         if ldct_above is not None:
-            from medrecon.sample import _alphas_cumprod
+            from medrecon.sample import alphas_cumprod
 
-            self.acp = _alphas_cumprod(model.betas)
+            self.acp = alphas_cumprod(model.betas)
 
     def __call__(self, x: torch.Tensor, t) -> torch.Tensor:
         cond = self.cond.to(x.device)

@@ -4,7 +4,10 @@ Each takes ``(eps_fn, operator, y, betas, steps, generator, **options)`` and ret
 ``eps_fn(x, t)`` is the noise predictor on the discrete training timesteps of ``betas`` (the
 convention of ``medrecon.sample``), ``operator`` any ``medrecon.physics`` operator
 (forward/adjoint/normal; ``project`` is used where present), complex images ``[..., H, W]``,
-randomness only through the explicit ``torch.Generator``, device following ``y``.
+randomness only through the explicit ``torch.Generator``, device following ``y``.  Every sampler
+takes ``callback(i, x)``, called with the step index and the current state after each step.
+Shared plumbing (abar table, noise, input checks, Langevin corrector, gradient rescaling) is in
+``medrecon.posterior.common``.
 
 - ``dds``: Decomposed Diffusion Sampler (Tweedie + CG data step + DDIM), any generic solver.
 - ``ddnm`` / ``diffpir``: range-null-space projection / proximal data step.

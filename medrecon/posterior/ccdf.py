@@ -23,7 +23,7 @@ import torch
 
 from medrecon.linalg import cg
 
-from ._util import alphas_cumprod, check_common, counted, grid_abar, noise, sqrt
+from .common import alphas_cumprod, check_common, counted, grid_abar, noise_like, sqrt
 from .ddim_dc import run_dc
 from .ddnm import ddnm_dc
 from .dds import dds_dc
@@ -48,7 +48,8 @@ def ccdf(eps_fn, operator, y: torch.Tensor, betas, steps: int = 100, generator: 
     grid point at fraction ``t0`` of an N = ``steps`` grid, then run the remaining round(t0 N) steps:
     ``solver="ddim"`` the reference update (``ddim_dc``, ``eta``), or a generic solver (ddpm,
     dpm-solver++, unipc, euler, heun; its own ``solver_options``), with the data step ``dc``
-    ("project", "dds" (``gamma``: see ``dds_dc``) or a callable).  Returns ``(x0, nfe)``."""
+    ("project", "dds" (``gamma``: see ``dds_dc``) or a callable).  Returns ``(x0, nfe)``.
+    ``callback(i, x)``: after each step run (i from 0)."""
     acp = alphas_cumprod(betas)
     check_common(operator, y, steps, len(acp), generator)
     if not 0 < t0 <= 1:
@@ -64,8 +65,8 @@ def ccdf(eps_fn, operator, y: torch.Tensor, betas, steps: int = 100, generator: 
     if x_init is None:
         x_init = initial_estimate(operator, y, init_cg_iters)
     a = grid_abar(solver, steps, acp, start)
-    x = sqrt(a) * x_init + sqrt(1 - a) * noise(x_init.shape, x_init, generator)
+    x = sqrt(a) * x_init + sqrt(1 - a) * noise_like(x_init, generator)
     f, nfe = counted(eps_fn)
-    x = run_dc(f, x, solver, steps, betas, acp, dc=dc, eta=eta, generator=generator, start=start, callback=callback,
+    x = run_dc(f, x, solver, steps, acp, dc=dc, eta=eta, generator=generator, start=start, callback=callback,
                method="ccdf", **solver_options)
     return x, nfe[0]

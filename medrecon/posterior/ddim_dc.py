@@ -29,9 +29,9 @@ from typing import Callable, Optional
 
 import torch
 
-from medrecon.sample import timesteps_for
+from medrecon.sample import run_solver, timesteps_for
 
-from ._util import noise, run_solver, sqrt
+from .common import noise_like, sqrt, step_callback
 
 __all__ = ["ddim_dc", "grid", "run_dc"]
 
@@ -73,22 +73,24 @@ def ddim_dc(eps_fn: Callable, x: torch.Tensor, times: torch.Tensor, alphas_cumpr
                 eps = (x - sqrt(a) * x0) / sqrt(1 - a)
             x = sqrt(ap) * x0 + sqrt(1 - ap) * c_eps * eps
             if c_z > 0:
-                x = x + sqrt(1 - ap) * c_z * noise(x.shape, x, generator)
+                x = x + sqrt(1 - ap) * c_z * noise_like(x, generator)
         if callback is not None:
             callback({"i": i, "t": t_dev[i], "x": x, "x0": x0})
     return x
 
 
-def run_dc(eps_fn, x, solver: str, steps: int, betas, acp, *, dc, eta: float, generator, start: int = 0,
+def run_dc(eps_fn, x, solver: str, steps: int, acp, *, dc, eta: float, generator, start: int = 0,
            callback=None, method: str = "sampler", **solver_options) -> torch.Tensor:
     """``solver="ddim"``: ``ddim_dc`` over ``grid(steps)[start:]`` (the reference update, ``eta``);
-    any other name: that generic solver (``medrecon.sample``) with ``dc`` as its hook and its own
-    ``solver_options`` (``eta`` unused) from grid index ``start``."""
+    any other name: that generic solver (``medrecon.sample.run_solver``) with ``dc`` as its hook and
+    its own ``solver_options`` (``eta`` unused) from grid index ``start``.  ``callback(i, x)`` after
+    each step (i counts the steps run)."""
+    cb = step_callback(callback)
     if solver != "ddim":
-        return run_solver(eps_fn, x, solver, int(steps), betas, acp, dc=dc, generator=generator, start=start,
-                          callback=callback, **solver_options)
+        return run_solver(eps_fn, x, solver, int(steps), acp, dc=dc, generator=generator, start=start,
+                          callback=cb, **solver_options)
     if solver_options:
         raise ValueError(f"{method}: unknown option(s) {sorted(solver_options)} for solver 'ddim' "
                          f"(the reference DDIM-with-data-consistency update takes eta)")
     return ddim_dc(eps_fn, x, grid(steps, len(acp))[start:], acp, dc=dc, eta=eta, generator=generator,
-                   callback=callback)
+                   callback=cb)

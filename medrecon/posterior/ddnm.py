@@ -11,7 +11,7 @@ medrecon ran Song's DDIM with eps re-derived from the corrected x0, which at 50 
 10-30% of each correction into x_t'.  Measured on validation slices (simulator seeds 1500-1503,
 8x equispaced, brain128-vp, 50 NFE, seed 0), old -> reference: 16.63 -> 16.37, 25.97 -> 29.31,
 18.04 -> 17.72, 21.46 -> 21.51 dB (mean 20.53 -> 21.23).  For eta > 0 the update under-disperses
-at any N (tests/core/test_posterior.py); its mean converges to the exact posterior mean under SENSE
+at any N (tests/posterior/test_posterior.py); its mean converges to the exact posterior mean under SENSE
 (tests/posterior/test_vp_sense_exact.py), which the re-derived-eps update does not.
 
 DiffPIR (Alg. 1; repo yuanzhi-zhu/DiffPIR ``main_ddpir_inpainting.py`` L261-293):
@@ -28,7 +28,7 @@ from typing import Callable
 
 import torch
 
-from ._util import alphas_cumprod, check_common, counted, noise, prox, sqrt
+from .common import alphas_cumprod, check_common, counted, noise_like, prox, sqrt, step_callback
 from .ddim_dc import ddim_dc, grid, run_dc
 
 __all__ = ["ddnm", "ddnm_dc", "diffpir"]
@@ -51,18 +51,19 @@ def _init(operator, y, generator, x_T):
     if x_T is not None:
         return x_T
     ref = operator.adjoint(y)
-    return noise(ref.shape, ref, generator)
+    return noise_like(ref, generator)
 
 
 def ddnm(eps_fn, operator, y: torch.Tensor, betas, steps: int = 100, generator: torch.Generator | None = None,
          *, eta: float = 0.85, cg_iters: int = 10, solver: str = "ddim", x_T=None, callback=None,
          **solver_options) -> tuple[torch.Tensor, int]:
     """DDNM sample(s) for noise-free ``y = A x``: ``(x0, nfe)``.  ``solver="ddim"``: the reference
-    update (``ddim_dc``, ``eta``); another name: that generic solver with the projection as its hook."""
+    update (``ddim_dc``, ``eta``); another name: that generic solver with the projection as its hook.
+    ``callback(i, x)``: after each step."""
     acp = alphas_cumprod(betas)
     check_common(operator, y, steps, len(acp), generator)
     f, nfe = counted(eps_fn)
-    x = run_dc(f, _init(operator, y, generator, x_T), solver, steps, betas, acp, dc=ddnm_dc(operator, y, cg_iters),
+    x = run_dc(f, _init(operator, y, generator, x_T), solver, steps, acp, dc=ddnm_dc(operator, y, cg_iters),
                eta=eta, generator=generator, callback=callback, method="ddnm", **solver_options)
     return x, nfe[0]
 
@@ -73,7 +74,8 @@ def diffpir(eps_fn, operator, y: torch.Tensor, betas, steps: int = 100, generato
     """DiffPIR sample(s) for ``y = A x + n``, n ~ CN(0, sigma_n^2): ``(x0, nfe)``.
 
     ``lam`` and ``zeta`` are the paper's lambda and zeta (zeta = 1: fresh noise, 0: deterministic).
-    Timesteps: the "leading" grid of ``medrecon.sample``'s DDIM, ending at abar = 1.
+    Timesteps: the "leading" grid of ``medrecon.sample``'s DDIM, ending at abar = 1.  ``callback(i, x)``:
+    after each step.
     """
     acp = alphas_cumprod(betas)
     n_train = len(acp)
@@ -89,5 +91,5 @@ def diffpir(eps_fn, operator, y: torch.Tensor, betas, steps: int = 100, generato
 
     f, nfe = counted(eps_fn)
     x = ddim_dc(f, _init(operator, y, generator, x_T), grid(steps, n_train), acp, dc=dc, eta=sqrt(zeta),
-                generator=generator, effective_eps=True, callback=callback)
+                generator=generator, effective_eps=True, callback=step_callback(callback))
     return x, nfe[0]

@@ -15,17 +15,18 @@ from __future__ import annotations
 import torch
 
 from medrecon.sample import timesteps_for
+from medrecon.solvers.base import strided_steps
 
-from ._util import alphas_cumprod, check_common, noise, sqrt
+from .common import alphas_cumprod, check_common, noise_like, sqrt
 
 __all__ = ["dps"]
 
 
 def dps(eps_fn, operator, y: torch.Tensor, betas, steps: int = 1000, generator: torch.Generator | None = None,
-        *, zeta: float = 1.0, eta: float = 1.0, x_T=None) -> tuple[torch.Tensor, int]:
+        *, zeta: float = 1.0, eta: float = 1.0, x_T=None, callback=None) -> tuple[torch.Tensor, int]:
     """DPS sample(s) for ``y = A x + n``: ``(x0, nfe)``.  ``eps_fn`` must be differentiable
     (e.g. ``DiffusionModel.eps``, not its no-grad ``eps_fn``).  Timesteps: ``medrecon.sample``'s
-    DDIM/DDPM "leading" grid, ending at abar = 1."""
+    DDIM/DDPM "leading" grid, ending at abar = 1.  ``callback(i, x)``: after each step."""
     acp = alphas_cumprod(betas)
     n_train = len(acp)
     check_common(operator, y, steps, n_train, generator)
@@ -33,15 +34,10 @@ def dps(eps_fn, operator, y: torch.Tensor, betas, steps: int = 1000, generator: 
         raise ValueError(f"zeta, eta: expected >= 0, got {zeta}, {eta}")
     if x_T is None:
         ref = operator.adjoint(y)
-        x_T = noise(ref.shape, ref, generator)
+        x_T = noise_like(ref, generator)
     x = x_T.detach()
     lead = x.ndim - 2  # per-sample norms over everything after the image's leading (batch) dims
-    ts = [int(t) for t in timesteps_for("ddim", int(steps), n_train)]
-    tts = torch.tensor(ts, device=y.device)  # one host-to-device copy, no per-step transfer
-    for i, t in enumerate(ts):
-        tp = t - n_train // int(steps)
-        a, ap = float(acp[t]), (float(acp[tp]) if tp >= 0 else 1.0)
-        tt = tts[i]
+    for i, _, tt, a, ap in strided_steps(timesteps_for("ddim", int(steps), n_train), acp, y.device):
         with torch.enable_grad():
             x = x.detach().requires_grad_(True)
             eps = eps_fn(x, tt)
@@ -53,6 +49,8 @@ def dps(eps_fn, operator, y: torch.Tensor, betas, steps: int = 1000, generator: 
         std = eta * sqrt((1 - ap) / (1 - a) * (1 - a / ap))
         x_new = sqrt(ap) * x0 + sqrt(1 - ap - std ** 2) * eps
         if std > 0:
-            x_new = x_new + std * noise(x.shape, x, generator)
+            x_new = x_new + std * noise_like(x, generator)
         x = x_new - zeta * grad
-    return x, len(ts)
+        if callback is not None:
+            callback(i, x)
+    return x, int(steps)

@@ -20,28 +20,25 @@ DDGAN generator (``medrecon.models.ddgan``) on its T-step VP schedule:
    ``refine_steps`` grid (``medrecon.posterior.ccdf``).
 
 NFE counts every generator/prior forward pass (adaptation iterations included).  ``normalize``
-divides each slice's k-space by max |A^H y| (the training scale of the recipe) and multiplies back.
+divides each slice's k-space by max |A^H y| (the training scale of the recipe) and multiplies back
+(the registered method, its checkpoint loading and scale: `medrecon.methods.fdmr`).
 """
 from __future__ import annotations
 
 import copy
 import math
-import os
 from dataclasses import dataclass
-from pathlib import Path
 
 import torch
 
 from medrecon.models.padding import PaddedNet
 from medrecon.physics.mri import MultiCoilMRI, check_mask
-from medrecon.registry import register_method
 
 from .ccdf import ccdf, initial_estimate
+from .common import check_finite, noise_like
 from .ddnm import ddnm_dc
 
-__all__ = ["FDMROptions", "fdmr", "adapt", "holdout_masks", "load_fdmr_generator"]
-
-_CACHE: dict = {}
+__all__ = ["FDMROptions", "fdmr", "adapt", "holdout_masks"]
 
 
 @dataclass
@@ -65,30 +62,6 @@ class FDMROptions:
     refine_t0: float = 0.05
     cg_iters: int = 10
     normalize: bool = True
-
-
-def load_fdmr_generator(checkpoint: str, device: torch.device, use_ema: bool = True):
-    """The (EMA, when saved and ``use_ema``) generator of a DDGAN checkpoint (or of the latest
-    ``step-*`` of a run folder), cached per (path, mtime, device), frozen (``requires_grad=False``) and in eval mode."""
-    from medrecon.models.ddgan import load_generator
-    from medrecon.models.train import latest_checkpoint
-
-    if not checkpoint:
-        raise ValueError("method 'fdmr' needs the option checkpoint=<DDGAN checkpoint directory> (train one "
-                         "with `medrecon train --recipe ddgan --out DIR`; the demo run is runs/fdmr/ddgan128)")
-    path = Path(checkpoint)
-    if not (path / "config.json").is_file():
-        last = latest_checkpoint(path)
-        if last is None:
-            raise ValueError(f"method 'fdmr': checkpoint {str(path)!r} is neither a DDGAN checkpoint directory "
-                             f"(config.json + generator.safetensors) nor a run folder holding step-* checkpoints")
-        path = last
-    key = (str(path.resolve()), os.path.getmtime(path / "config.json"), str(device), bool(use_ema))
-    if key not in _CACHE:
-        G = load_generator(path, map_location=device, use_ema=use_ema).requires_grad_(False)
-        _CACHE.clear()
-        _CACHE[key] = G
-    return _CACHE[key]
 
 
 def holdout_masks(mask_hw: torch.Tensor, fraction: float,
@@ -190,17 +163,18 @@ def _flatten(kspace, mask, smaps):
 
 def fdmr(G, kspace: torch.Tensor, mask: torch.Tensor, smaps: torch.Tensor, generator: torch.Generator,
          opts: FDMROptions | None = None, *, refine_eps=None, refine_betas=None,
-         record: dict | None = None) -> tuple[torch.Tensor, int]:
+         record: dict | None = None, callback=None) -> tuple[torch.Tensor, int]:
     """FDMR reconstruction of multi-coil ``kspace`` [..., C, H, W] (already normalised) with SENSE
     ``smaps``; returns (image [..., H, W], nfe).  ``refine_eps``/``refine_betas``: a VP eps prior for
-    stage 3 (else the generator's chain).  ``record`` (a dict) receives per-stage details."""
+    stage 3 (else the generator's chain).  ``record`` (a dict) receives per-stage details.
+    ``callback(i, x)``: called with the image estimate [B, H, W] after every generation and refinement
+    step and after the adaptation, i counting these calls from 0."""
     opts = opts or FDMROptions()
     if not isinstance(kspace, torch.Tensor) or not kspace.is_complex() or kspace.ndim < 3:
         raise ValueError(f"kspace: expected complex multi-coil k-space [..., C, H, W], got "
                          f"{getattr(kspace, 'dtype', type(kspace).__name__)} {tuple(getattr(kspace, 'shape', ()))}")
-    if not torch.isfinite(torch.view_as_real(kspace)).all():
-        raise ValueError("kspace: contains NaN or Inf")
-    if not isinstance(generator, torch.Generator):
+    check_finite(kspace, "kspace")
+    if not isinstance(generator, torch.Generator):  # any device: holdout_masks draws on generator.device
         raise ValueError("generator: expected a torch.Generator (seeds are explicit)")
     if opts.init not in ("zero-filled", "cg-sense"):
         raise ValueError(f"fdmr option init: expected 'zero-filled' or 'cg-sense', got {opts.init!r}")
@@ -220,19 +194,26 @@ def fdmr(G, kspace: torch.Tensor, mask: torch.Tensor, smaps: torch.Tensor, gener
     rec = record if record is not None else {}
     z = G.sample_z(B, generator, y.device)
     nfe = 0
+    calls = [0]
+
+    def report(x: torch.Tensor) -> None:
+        if callback is not None:
+            callback(calls[0], x)
+        calls[0] += 1
 
     with torch.no_grad():
         x_init = initial_estimate(A, y, opts.init_cg_iters if opts.init == "cg-sense" else 0)
         x_est = x_init
-        x1 = sched.q_sample(x_init, 1, _noise(x_init, generator))  # stage 2 input without stage 1
+        x1 = sched.q_sample(x_init, 1, noise_like(x_init, generator))  # stage 2 input without stage 1
         if opts.generation:  # stage 1
-            x = sched.q_sample(x_init, start, _noise(x_init, generator))
+            x = sched.q_sample(x_init, start, noise_like(x_init, generator))
             for k in range(start, 0, -1):
                 if k == 1:
                     x1 = x
                 x0 = dc(G(x, k, z), k)
                 nfe += 1
                 x = sched.posterior_sample(x, x0, k, generator)
+                report(x)
             x_est = x
     rec["nfe_generation"] = nfe
 
@@ -247,6 +228,7 @@ def fdmr(G, kspace: torch.Tensor, mask: torch.Tensor, smaps: torch.Tensor, gener
             nfe += info["nfe"]
         with torch.no_grad():
             x_est = dc(torch.stack(outs), 1)
+        report(x_est)
         rec["adaptation"] = details
 
     if opts.refinement:  # stage 3
@@ -254,54 +236,16 @@ def fdmr(G, kspace: torch.Tensor, mask: torch.Tensor, smaps: torch.Tensor, gener
         with torch.no_grad():
             if refine_eps is not None:
                 x_est, n = ccdf(refine_eps, A, y, refine_betas, opts.refine_steps, generator, t0=opts.refine_t0,
-                                x_init=x_est, dc=dc)
+                                x_init=x_est, dc=dc, callback=lambda _, x: report(x))
                 nfe += n
             else:
                 k0 = opts.refine_from
-                x = sched.q_sample(x_est, k0, _noise(x_est, generator))
+                x = sched.q_sample(x_est, k0, noise_like(x_est, generator))
                 for k in range(k0, 0, -1):
                     x0 = dc(G(x, k, z), k)
                     nfe += 1
                     x = sched.posterior_sample(x, x0, k, generator)
+                    report(x)
                 x_est = x
         rec["nfe_refinement"] = nfe - n0
     return x_est.reshape(kspace.shape[:-3] + (H, W)), nfe
-
-
-def _noise(like: torch.Tensor, generator: torch.Generator) -> torch.Tensor:
-    return torch.randn(like.shape, generator=generator, dtype=like.dtype, device=like.device)
-
-
-def _refine_prior(name: str, device: torch.device):
-    """(eps_fn, betas) of a VP eps checkpoint given as a path or a builtin prior name."""
-    from .methods import _eps, load_prior
-
-    path = name
-    if not Path(name).exists():
-        try:
-            from medrecon.builtin_priors import prior_path
-        except ImportError:
-            raise ValueError(f"fdmr option refine_prior: {name!r} is not a checkpoint directory") from None
-        path = str(prior_path(name))
-    model, betas = load_prior(path, device, "fdmr")
-    return _eps(model), betas
-
-
-@register_method("fdmr", FDMROptions, "FDMR: DDGAN prior, fast DC'd generation + early-stopped per-slice "
-                 "adaptation + refinement (MRI 2025); needs checkpoint= (a DDGAN run)", needs_smaps=True,
-                 kind="diffusion")
-def _fdmr(kspace, mask, smaps, opts, generator):
-    if smaps is None:
-        raise ValueError("method 'fdmr' needs coil sensitivities (smaps)")
-    G = load_fdmr_generator(opts.checkpoint, kspace.device, opts.ema)
-    A = MultiCoilMRI(smaps, mask)
-    scale = torch.ones(kspace.shape[:-3], device=kspace.device)
-    if opts.normalize:
-        scale = A.adjoint(kspace).abs().flatten(-2).amax(-1).clamp_min(torch.finfo(torch.float32).tiny)
-    g = generator if generator is not None else torch.Generator(device=kspace.device).manual_seed(0)
-    eps = betas = None
-    if opts.refinement and opts.refine_prior:
-        eps, betas = _refine_prior(opts.refine_prior, kspace.device)
-    x, nfe = fdmr(G, kspace / scale[..., None, None, None], mask, smaps, g, opts, refine_eps=eps,
-                  refine_betas=betas)
-    return x * scale[..., None, None], nfe

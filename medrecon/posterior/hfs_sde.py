@@ -1,7 +1,7 @@
 """HFS-SDE posterior sampling (Cao, Cui et al., IEEE TMI 2024; repo Aboriginer/HFS-SDE, ``sde_lib.py::HFS_SDE``
 reverse ``sde`` and ``sampling.py::get_pc_sampler`` / ``LangevinCorrector``; ../shared/METHODS.md "HFS-SDE").
 
-The forward process lives in ``medrecon.models.hfs_loss`` (`HFSSDE`, re-exported here; the training
+The forward process lives in ``medrecon.models.hfs_process`` (`HFSSDE`, re-exported here; the training
 loss needs it and models/ must not import medrecon core): noise only on the high frequencies
 Mhat = F^-1 (1 - M_L) F, beta(t) = 0.1 + t (20 - 0.1), x_t = x_0 + (e^c - 1) Mhat x_0 + std Mhat z.
 
@@ -51,32 +51,21 @@ corrector at snr 0.16, N = 100: 1.53 -> 1.41; N = 1000: 1.40 -> 1.13 (``dc_noise
 1.35 -> 1.08); the corrector lowers the error.
 
 ``score_fn(x, sigma)``: the HFS score at noise level ``sigma`` = std(t) (a 0-d tensor on x's device)
-for complex images ``x [..., H, W]`` -- e.g. ``medrecon.models.hfs_loss.hfs_score_fn(model)`` under
+for complex images ``x [..., H, W]`` -- e.g. ``medrecon.models.hfs_process.hfs_score_fn(model)`` under
 ``torch.no_grad()``.  NFE = steps * (n_corrector + 1) per image.
 """
 from __future__ import annotations
 
 import torch
 
-from medrecon.models.hfs_loss import HFSSDE
+from medrecon.models.hfs_process import HFSSDE
 from medrecon.physics.fft import fft2c, ifft2c
 
-from ._util import check_common, prox
+from .common import DC_MODES, check_common, langevin, noise_like, prox, soft_dc
 
 __all__ = ["hfs_sde", "HFSSDE", "gaussian_hfs_score"]
 
 _MAX_STEPS = 100_000
-DC_MODES = ("hard", "gradient")
-
-
-def _norm(v: torch.Tensor) -> torch.Tensor:
-    return torch.linalg.vector_norm(v, dim=(-2, -1), keepdim=True)
-
-
-def _rescaled(g: torch.Tensor, s_norm: torch.Tensor, weight: float) -> torch.Tensor:
-    """g scaled to weight * ||s|| per image (the repo's meas_grad normalisation); 0 where g = 0."""
-    ng = _norm(g)
-    return torch.where(ng > 0, g * (weight * s_norm / ng.clamp_min(1e-30)), torch.zeros_like(g))
 
 
 def check_low_frequencies(operator, sde: HFSSDE, shape) -> None:
@@ -96,12 +85,13 @@ def hfs_sde(score_fn, operator, y: torch.Tensor, sde: HFSSDE | None = None, step
             generator: torch.Generator | None = None, *, snr: float = 0.16, n_corrector: int = 1,
             mse: float = 2.5, corrector_mse: float = 0.1, dc: str = "hard", dc_noise: bool = True,
             eps: float = 1e-3, cg_iters: int = 10, x_T: torch.Tensor | None = None,
-            tweedie: bool = True) -> tuple[torch.Tensor, int]:
+            tweedie: bool = True, callback=None) -> tuple[torch.Tensor, int]:
     """HFS-SDE PC sample(s) for ``y = A x``: ``(x0, nfe)`` (module docstring).  ``sde`` defaults to
-    ``HFSSDE()`` (acs 16, the repo's training default); it must be the one the prior was trained on."""
+    ``HFSSDE()`` (acs 16, the repo's training default); it must be the one the prior was trained on.
+    ``callback(i, x)``: called with the state after each step ``i`` (the Tweedie estimate at the last)."""
     sde = HFSSDE() if sde is None else sde
     if not isinstance(sde, HFSSDE):
-        raise ValueError(f"sde: expected a medrecon.models.hfs_loss.HFSSDE, got {type(sde).__name__}")
+        raise ValueError(f"sde: expected a medrecon.models.hfs_process.HFSSDE, got {type(sde).__name__}")
     check_common(operator, y, steps, _MAX_STEPS, generator)
     if dc not in DC_MODES:
         raise ValueError(f"dc: expected one of {DC_MODES}, got {dc!r}")
@@ -119,14 +109,11 @@ def hfs_sde(score_fn, operator, y: torch.Tensor, sde: HFSSDE | None = None, step
     project = getattr(operator, "project", None)
     hp = sde.high_pass
 
-    def randn(like):
-        return torch.randn(like.shape, generator=generator, dtype=like.dtype, device=like.device)
-
     def project_to(x, c=None, std=None):
         """Hard DC onto y_t (y diffused to (c, std) on the high frequencies; None: y)."""
         y_t = y
         if c is not None and dc_noise:
-            y_t = torch.where(low_k, y, c * y + std * operator.forward(randn(x)))
+            y_t = torch.where(low_k, y, c * y + std * operator.forward(noise_like(x, generator)))
         return project(x, y_t) if project is not None else prox(operator, y_t, x, 0.0, cg_iters)
 
     n = int(steps)
@@ -138,7 +125,7 @@ def hfs_sde(score_fn, operator, y: torch.Tensor, sde: HFSSDE | None = None, step
     sig = sde.std(ts).to(device=y.device, dtype=aty.real.dtype)  # one host-to-device copy
 
     if x_T is None:
-        x = operator.adjoint(torch.where(low_k, y, torch.zeros_like(y))) + hp(randn(aty))
+        x = operator.adjoint(torch.where(low_k, y, torch.zeros_like(y))) + hp(noise_like(aty, generator))
     else:
         x = x_T.to(aty.dtype)
     hard = dc == "hard"
@@ -151,28 +138,30 @@ def hfs_sde(score_fn, operator, y: torch.Tensor, sde: HFSSDE | None = None, step
         c_i, std_i = float(sde.log_mean_coeff(ts[i]).exp()), float(sde.std(ts[i]))
         for _ in range(n_corrector):
             s = hp(score_fn(x, sig[i]))
-            z = randn(x)
-            ns = _norm(s)
-            step = torch.where(ns > 0, 2 * alpha * (snr * _norm(z) / ns.clamp_min(1e-30)) ** 2, 0.0)
-            drift = s if hard else s - _rescaled(operator.normal(x) - aty, ns, corrector_mse)
-            x = x + step * drift + (2 * step).sqrt() * hp(z)
+            z = noise_like(x, generator)
+            x = langevin(x, s, z, snr, alpha=alpha, grad=None if hard else operator.normal(x) - aty,
+                         weight=corrector_mse, project=hp)
             if hard:
                 x = project_to(x, c_i, std_i)
         s = hp(score_fn(x, sig[i]))
         if tweedie and i == n - 1:  # E[x0 | x_t]: low frequencies as they are, high ones (x + std^2 s) / e^c
             x_mean = x - hp(x) + hp(x + std_i ** 2 * s) / c_i
+            if callback is not None:
+                callback(i, x_mean)
             break
-        drift = s if hard else s - _rescaled(operator.normal(x) - aty, _norm(s), mse)
+        drift = soft_dc(s, None if hard else operator.normal(x) - aty, mse)
         x_mean = x + (0.5 * b * hp(x) + b * drift) * dt
-        x = x_mean + (b * dt) ** 0.5 * hp(randn(x))
+        x = x_mean + (b * dt) ** 0.5 * hp(noise_like(x, generator))
         if hard:
             x = project_to(x, float(c_next[i]), float(std_next[i]))
+        if callback is not None:
+            callback(i, x)
     out = project_to(x_mean) if hard else x_mean
     return out, n * (n_corrector + 1)
 
 
 def gaussian_hfs_score(prior, sde: HFSSDE):
-    """Exact score of the HFS marginal of a ``medrecon.testing.GaussianPrior`` (analytic oracle).
+    """Exact score of the HFS marginal of a ``medrecon.gaussian_prior.GaussianPrior`` (analytic oracle).
 
     The prior is diagonal in k-space with variances lambda; at noise level sigma = std(t) the low
     frequencies keep variance lambda and the high ones have e^{2c} lambda + sigma^2 =

@@ -42,24 +42,22 @@ from __future__ import annotations
 import torch
 
 from medrecon.physics.coils import rss
-from medrecon.physics.mri import SingleCoilMRI, check_mask
+from medrecon.physics.mri import MultiCoilMRI, SingleCoilMRI, check_mask
 from medrecon.sample import timesteps_for
+from medrecon.solvers.base import strided_steps
 
-from ._util import alphas_cumprod, check_common, prox, sqrt
+from .common import alphas_cumprod, check_common, langevin, noise_like, prox, sqrt
 
 __all__ = ["score_mri", "score_mri_ssos", "score_mri_hybrid", "sense_kaczmarz_step"]
 
 
-def _norm(v: torch.Tensor) -> torch.Tensor:
-    return torch.linalg.vector_norm(v, dim=(-2, -1), keepdim=True)
-
-
 def score_mri(eps_fn, operator, y: torch.Tensor, betas, steps: int = 1000, generator: torch.Generator | None = None,
               *, snr: float = 0.16, n_corrector: int = 1, real_imag: bool = False, dc_noise: bool = True,
-              cg_iters: int = 10, x_T=None, hook=None) -> tuple[torch.Tensor, int]:
+              cg_iters: int = 10, x_T=None, hook=None, callback=None) -> tuple[torch.Tensor, int]:
     """Score-MRI PC sample(s) for noise-free ``y = A x``: ``(x0, nfe)`` (nfe per image; see module doc).
     ``hook(i, x, abar)``: called with the complex state after step ``i`` (its noise level abar) for
-    every step but the last; returns the state to continue from (``score_mri_hybrid``'s SENSE step)."""
+    every step but the last; returns the state to continue from (``score_mri_hybrid``'s SENSE step).
+    ``callback(i, x)``: called with the complex state after each step ``i`` (after ``hook``)."""
     acp = alphas_cumprod(betas)
     n_train = len(acp)
     check_common(operator, y, steps, n_train, generator)
@@ -67,11 +65,11 @@ def score_mri(eps_fn, operator, y: torch.Tensor, betas, steps: int = 1000, gener
         raise ValueError(f"snr, n_corrector: expected >= 0, got {snr}, {n_corrector}")
     ref = operator.adjoint(y)
     shape = (2, *ref.shape) if real_imag else ref.shape
-    rdtype = ref.real.dtype if real_imag else ref.dtype
+    like = ref.real if real_imag else ref  # dtype and device of the state
     project = getattr(operator, "project", None)
 
     def randn():
-        return torch.randn(shape, generator=generator, dtype=rdtype, device=y.device)
+        return noise_like(like, generator, shape)
 
     def cplx(s):
         return torch.complex(s[0], s[1]) if real_imag else s
@@ -94,34 +92,31 @@ def score_mri(eps_fn, operator, y: torch.Tensor, betas, steps: int = 1000, gener
         return dc(s, a, randn() if dc_noise and a < 1 else None)
 
     x = randn() if x_T is None else state(x_T)
-    ts = [int(t) for t in timesteps_for("ddpm", int(steps), n_train)]
-    x = dc_z(x, float(acp[ts[0]]))
+    ts = timesteps_for("ddpm", int(steps), n_train)
+    x = dc_z(x, float(acp[int(ts[0])]))
     calls = 0
-    tts = torch.tensor(ts, device=y.device)  # one host-to-device copy, no per-step transfer
-    for i, t in enumerate(ts):
-        tp = t - n_train // int(steps)
-        a, ap = float(acp[t]), (float(acp[tp]) if tp >= 0 else 1.0)
+    n = len(ts)
+    for i, _, tt, a, ap in strided_steps(ts, acp, y.device):
         beta = 1.0 - a / ap
-        tt = tts[i]
         for _ in range(n_corrector):
             score = -call(x, tt) / sqrt(1 - a)
-            z = randn()
-            ns = _norm(score)  # a zero score (e.g. an untrained, zero-initialised output layer) -> no move
-            step = torch.where(ns > 0, 2 * (1 - beta) * (snr * _norm(z) / ns.clamp_min(1e-30)) ** 2, 0.0)
-            x = dc_z(x + step * score + (2 * step).sqrt() * z, a)
+            x = dc_z(langevin(x, score, randn(), snr, alpha=1 - beta), a)
         score = -call(x, tt) / sqrt(1 - a)
         calls += n_corrector + 1
         x_mean = (2 - sqrt(1 - beta)) * x + beta * score
         x = dc_z(x_mean + sqrt(beta) * randn(), ap)
-        if hook is not None and i < len(ts) - 1:
+        if hook is not None and i < n - 1:
             x = state(hook(i, cplx(x), ap))
+        if callback is not None:
+            callback(i, cplx(x))
     return cplx(dc(x_mean, 1.0)), calls * (2 if real_imag else 1)
 
 
 def score_mri_ssos(eps_fn, mask: torch.Tensor, y: torch.Tensor, betas, steps: int = 1000,
                    generator: torch.Generator | None = None, **options) -> tuple[torch.Tensor, int]:
     """Per-coil Score-MRI: coil k-space ``y`` [..., C, H, W] -> RSS image [..., H, W], ``(image, nfe)``.
-    All coils run as one batch of single-coil problems A = M F (``eps_fn`` sees [B C, H, W])."""
+    All coils run as one batch of single-coil problems A = M F (``eps_fn`` sees [B C, H, W]; so does a
+    ``callback`` passed in ``options``)."""
     if not isinstance(y, torch.Tensor) or y.ndim < 3 or not y.is_complex():
         raise ValueError(f"y: expected complex coil k-space [..., C, H, W], got {getattr(y, 'shape', y)}")
     H, W = y.shape[-2:]
@@ -151,8 +146,6 @@ def score_mri_hybrid(eps_fn, mask: torch.Tensor, smaps: torch.Tensor, y: torch.T
     Stated deviation: the repo adds A^H r (one image) to every coil image unweighted; weighting by
     S_c keeps the step inside the SENSE model.  The paper: N = 500, m = 50, lambda 1.0 -> 0.2.
     """
-    from medrecon.physics.mri import MultiCoilMRI
-
     if not isinstance(y, torch.Tensor) or y.ndim < 3 or not y.is_complex():
         raise ValueError(f"y: expected complex coil k-space [..., C, H, W], got {getattr(y, 'shape', y)}")
     if not isinstance(smaps, torch.Tensor) or not smaps.is_complex() or smaps.shape[-3:] != y.shape[-3:]:

@@ -11,7 +11,7 @@ import math
 
 import torch
 
-from .base import acp_at, noise_like, predict_x0
+from .base import noise_like, predict_x0, strided_steps
 
 
 def ddim(eps_fn, x, timesteps, alphas_cumprod, *, eta: float = 0.0, dc=None, callback=None,
@@ -20,14 +20,7 @@ def ddim(eps_fn, x, timesteps, alphas_cumprod, *, eta: float = 0.0, dc=None, cal
     t - (T // len(timesteps)) as diffusers' DDIMScheduler (negative -> abar = 1)."""
     if eta < 0:
         raise ValueError(f"eta: expected >= 0, got {eta}")
-    n_train = len(alphas_cumprod)
-    ts = [int(t) for t in timesteps]
-    t_dev = torch.tensor(ts, device=x.device)  # one copy, not a host-device sync per step
-    if prev_timesteps is None:
-        prev_timesteps = [t - n_train // len(ts) for t in ts]
-    for i, (t, tp) in enumerate(zip(ts, prev_timesteps)):
-        a, ap = acp_at(alphas_cumprod, t), acp_at(alphas_cumprod, int(tp))
-        tt = t_dev[i]
+    for i, _, tt, a, ap in strided_steps(timesteps, alphas_cumprod, x.device, prev_timesteps):
         x0, eps = predict_x0(eps_fn, x, x, tt, math.sqrt(a), math.sqrt(1 - a), dc)
         std = eta * math.sqrt((1 - ap) / (1 - a) * (1 - a / ap))
         x = math.sqrt(ap) * x0 + math.sqrt(max(1 - ap - std ** 2, 0.0)) * eps

@@ -10,20 +10,13 @@ import math
 
 import torch
 
-from .base import acp_at, noise_like, predict_x0
+from .base import noise_like, predict_x0, strided_steps
 
 
 def ddpm(eps_fn, x, timesteps, alphas_cumprod, *, dc=None, callback=None, generator=None,
          prev_timesteps=None) -> torch.Tensor:
     """Ancestral sampling over descending integer ``timesteps`` (prev = t - T // steps by default)."""
-    n_train = len(alphas_cumprod)
-    ts = [int(t) for t in timesteps]
-    t_dev = torch.tensor(ts, device=x.device)  # one copy, not a host-device sync per step
-    if prev_timesteps is None:
-        prev_timesteps = [t - n_train // len(ts) for t in ts]
-    for i, (t, tp) in enumerate(zip(ts, prev_timesteps)):
-        a, ap = acp_at(alphas_cumprod, t), acp_at(alphas_cumprod, int(tp))
-        tt = t_dev[i]
+    for i, t, tt, a, ap in strided_steps(timesteps, alphas_cumprod, x.device, prev_timesteps):
         x0, _ = predict_x0(eps_fn, x, x, tt, math.sqrt(a), math.sqrt(1 - a), dc)
         cur_alpha = a / ap
         cur_beta = 1 - cur_alpha

@@ -14,7 +14,7 @@ import math
 
 import torch
 
-from .base import predict_x0
+from .base import log_snr_grid, predict_x0
 
 
 def dpm_solver_pp(eps_fn, x, timesteps, alphas_cumprod, *, order: int = 2, lower_order_final: bool = True,
@@ -22,12 +22,8 @@ def dpm_solver_pp(eps_fn, x, timesteps, alphas_cumprod, *, order: int = 2, lower
     """Multistep DPM-Solver++ over descending integer ``timesteps``, ending at abar = 1 (x0)."""
     if order not in (1, 2, 3):
         raise ValueError(f"order: expected 1, 2 or 3, got {order}")
-    ts = [int(t) for t in timesteps]
-    t_dev = torch.tensor(ts, device=x.device)  # one copy, not a host-device sync per step
+    ts, t_dev, al, si, lam = log_snr_grid(timesteps, alphas_cumprod, x.device)
     n = len(ts)
-    al = [math.sqrt(float(alphas_cumprod[t])) for t in ts] + [1.0]
-    si = [math.sqrt(1 - float(alphas_cumprod[t])) for t in ts] + [0.0]
-    lam = [math.log(a / s) if s > 0 else math.inf for a, s in zip(al, si)]
     hist: list[torch.Tensor] = []
     for i, t in enumerate(ts):
         tt = t_dev[i]

@@ -14,7 +14,7 @@ import math
 import numpy as np
 import torch
 
-from .base import predict_x0
+from .base import log_snr_grid, predict_x0
 
 
 def _coeffs(rks: list[float], h: float, order: int, variant: str) -> tuple[np.ndarray, np.ndarray, float, float]:
@@ -40,12 +40,8 @@ def unipc(eps_fn, x, timesteps, alphas_cumprod, *, order: int = 2, variant: str 
         raise ValueError(f"variant: expected 'bh1' or 'bh2', got {variant!r}")
     if order not in (1, 2, 3):
         raise ValueError(f"order: expected 1, 2 or 3, got {order}")
-    ts = [int(t) for t in timesteps]
-    t_dev = torch.tensor(ts, device=x.device)  # one copy, not a host-device sync per step
+    ts, t_dev, al, si, lam = log_snr_grid(timesteps, alphas_cumprod, x.device)
     n = len(ts)
-    al = [math.sqrt(float(alphas_cumprod[t])) for t in ts] + [1.0]
-    si = [math.sqrt(1 - float(alphas_cumprod[t])) for t in ts] + [0.0]
-    lam = [math.log(a / s) if s > 0 else math.inf for a, s in zip(al, si)]
     ms: list[torch.Tensor] = []
     last_x, this_order = None, 1
     for i, t in enumerate(ts):

@@ -30,7 +30,7 @@ CRASH_PLUGIN = textwrap.dedent('''
     from dataclasses import dataclass
     from pathlib import Path
 
-    from medrecon.baselines import zero_filled
+    from medrecon.methods.classical import zero_filled
     from medrecon.registry import register_method
 
 
@@ -413,7 +413,8 @@ def test_bad_arguments_fail_before_running(no_ray, volumes, tmp_path):
 
 
 def test_find_inputs_lists_volumes_and_series_folders(tmp_path):
-    from medrecon.batch import find_inputs, output_name
+    from medrecon.inputs import find_inputs
+    from medrecon.outputs import output_name
 
     for name in ("b.h5", "a.nii.gz", "c.nii", "notes.txt", ".hidden.h5"):
         (tmp_path / name).write_bytes(b"")
@@ -425,5 +426,26 @@ def test_find_inputs_lists_volumes_and_series_folders(tmp_path):
     assert output_name(tmp_path / "b.h5", "dicom") == "b"
     empty = tmp_path / "empty"
     empty.mkdir()
-    with pytest.raises(ValueError, match="no .h5/.nii"):
+    with pytest.raises(ValueError, match="no volume files"):
         find_inputs(empty)
+
+
+def test_recon_dir_and_batch_dir_see_the_same_inputs(no_ray, volumes, tmp_path, capsys):
+    """One `medrecon.inputs.find_inputs` for both: volume files and series sub-folders."""
+    import shutil
+
+    from medrecon.datasets.dicom import write_dicom_series
+
+    d = tmp_path / "in"
+    shutil.copytree(volumes, d)
+    img = np.abs(np.random.default_rng(0).normal(size=(1, 32, 32))).astype(np.float32) + 1
+    write_dicom_series(img, d / "mr_series", modality="MR")
+    (d / "notes.txt").write_text("not an input")
+    assert main(["recon", str(d), "--method", "zero-filled", "--json", "--quiet",
+                 *MASK_ARGS]) == 0
+    seen_by_recon = [json.loads(line)["file"] for line in capsys.readouterr().out.splitlines()]
+    summary = run_batch(d, tmp_path / "out", "zero-filled", MASK)
+    assert [r.file for r in summary.results] == [str(d.absolute() / p) for p in
+                                                 ("mr_series", "vol0.h5", "vol1.h5", "vol2.h5")]
+    assert [os.path.abspath(f) for f in seen_by_recon] == [r.file for r in summary.results]
+    assert not summary.failed

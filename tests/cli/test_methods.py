@@ -15,3 +15,15 @@ def test_methods_json_lists_registry(capsys):
 def test_methods_table(capsys):
     assert main(["methods"]) == 0
     assert "cg-sense" in capsys.readouterr().out
+
+
+def test_methods_lists_ct_methods_with_their_modality(capsys):
+    assert main(["methods", "--json"]) == 0
+    rows = {r["name"]: r for r in map(json.loads, capsys.readouterr().out.splitlines())}
+    for name in ("fbp", "latent-cold-diffusion", "pixel-ddpm"):
+        assert rows[name]["modality"] == "ct" and rows[name]["prior"] is None
+    assert rows["fbp"]["options"]["filter"] == "ramp" and rows["fbp"]["kind"] == "classical"
+    assert rows["pixel-ddpm"]["options"]["steps"] == 50
+    assert rows["cg-sense"]["modality"] == "mri"
+    assert main(["methods"]) == 0
+    assert "fbp            [ct]" in capsys.readouterr().out

@@ -109,7 +109,7 @@ def test_recipe_option_errors(images, tmp_path):
 
 
 def test_train_time_limit_and_hfs_objective(images, tmp_path):
-    from medrecon.models.hfs_loss import HFSSDE
+    from medrecon.models.hfs_process import HFSSDE
     from medrecon.models.train import train
 
     x = torch.load(images, weights_only=True)[:, :16]

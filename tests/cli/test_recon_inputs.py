@@ -1,8 +1,7 @@
 """`medrecon recon` on image inputs (DICOM MR series, NIfTI): retrospective k-space simulation,
 geometry kept on output, sugar flags, progress hook, exit codes, CT dispatch."""
 import json
-import sys
-import types
+from pathlib import Path
 
 import h5py
 import nibabel as nib
@@ -11,7 +10,6 @@ import pydicom
 import pytest
 import torch
 
-from medrecon.cli import recon as cli_recon
 from medrecon.cli.main import main
 from medrecon.datasets.dicom import read_dicom_series, write_dicom_series
 from medrecon.datasets.geometry import lps_to_ras
@@ -21,7 +19,6 @@ from medrecon.physics.coils import sense_combine
 from medrecon.physics.fft import ifft2c
 from medrecon.physics.masks import make_mask
 from medrecon.pipeline import MaskSpec, reconstruct_file
-from medrecon.progress import count_network_calls, step_total
 from medrecon.reconstructor import Reconstructor
 
 S, H, W = 3, 32, 40
@@ -214,7 +211,6 @@ def test_coils_flag_and_cg_sense_beats_zero_filled(nifti_file, capsys):
 
 
 def test_exit_codes_and_bad_inputs(nifti_file, dicom_dir, tmp_path, capsys, monkeypatch):
-    monkeypatch.setattr(cli_recon, "_ct_module", lambda: None)
     junk = tmp_path / "junk.nii.gz"
     junk.write_bytes(b"nope")
     four_d = write_nifti(np.zeros((2, 2, 16, 16), np.float32), tmp_path / "t.nii",
@@ -223,13 +219,19 @@ def test_exit_codes_and_bad_inputs(nifti_file, dicom_dir, tmp_path, capsys, monk
     empty = tmp_path / "empty"
     empty.mkdir()
     for bad, why in ((junk, "not a readable NIfTI"), (four_d, "4-D NIfTI"),
-                     (ct, "Modality is 'CT'"), (empty, "no DICOM image files"),
                      (tmp_path / "missing.nii", "no such file")):
         code = main(["recon", str(bad), str(nifti_file), "--method", "zero-filled", "--json",
                      "--quiet", *ACS])
         captured = capsys.readouterr()
         assert code == 1 and why in captured.err and str(bad) in captured.err
         assert len(captured.out.splitlines()) == 1  # the good input still ran
+    # a CT series with an MRI method, an empty folder: usage errors, nothing runs
+    for bad, why in ((ct, "not a CT method"), (empty, "no volume files")):
+        code = main(["recon", str(bad), str(nifti_file), "--method", "zero-filled", "--json",
+                     "--quiet", *ACS])
+        captured = capsys.readouterr()
+        assert code == 2 and why in captured.err and str(bad) in captured.err
+        assert not captured.out
     usage = [["--coils", "0"], ["--steps", "0", "--method", "dds"], ["--method", "nope"],
              ["--method", "zero-filled", "--steps", "5"],
              ["--method", "dds", "--steps", "5", "-o", "steps=7"],
@@ -266,27 +268,39 @@ def test_no_overwrite(nifti_file, tmp_path, capsys, monkeypatch):
     assert main([*base, "--overwrite"]) == 0
 
 
-def test_ct_dispatch_with_fake_module(nifti_file, dicom_dir, tmp_path, monkeypatch, capsys):
+def test_ct_dispatch_through_the_registry(nifti_file, dicom_dir, tmp_path, monkeypatch, capsys):
+    """The method's modality decides the path; -o is resolved once, here, and passed down as
+    the options dataclass; a CT input with an MRI method is a usage error."""
+    import medrecon.ct.inputs as ct_inputs
+    import medrecon.pipeline as pipeline
+
     calls = []
-    fake = types.ModuleType("medrecon.ct.recon")
-    fake.CT_METHODS = ("fbp", "latent-cold-diffusion")
-    fake.is_ct_input = lambda p: p.name == "ct_series"
-    fake.run_cli = lambda args, inputs: calls.append((args, list(inputs))) or 0
-    monkeypatch.setitem(sys.modules, "medrecon.ct.recon", fake)
+
+    def fake(src, method, *args, options=None, **kwargs):
+        calls.append((src, method, options))
+        return {"output": None, "seconds": 0.0, "metrics": None}
+
+    monkeypatch.setattr(pipeline, "reconstruct_file", fake)
+    monkeypatch.setattr(ct_inputs, "is_ct_input", lambda p: Path(p).name == "ct_series")
     ct_dir = tmp_path / "ct_series"
     ct_dir.mkdir()
-    assert main(["recon", str(nifti_file), "--method", "fbp", "--steps", "5", "--quiet"]) == 0
-    args, inputs = calls.pop()
-    assert inputs == [nifti_file] and args.method == "fbp" and "steps=5" in args.option
-    assert main(["recon", str(ct_dir), "--method", "latent-cold-diffusion", "-o", "steps=9",
-                 "--steps", "9"]) == 0
-    assert calls.pop()[1] == [ct_dir]
-    assert main(["recon", str(ct_dir), "--method", "zero-filled"]) == 0  # a CT input
-    assert calls.pop()[1] == [ct_dir]
+    (ct_dir / "1.dcm").write_bytes(b"")
+    assert main(["recon", str(ct_dir), "--method", "fbp", "-o", "filter=hann", "--quiet"]) == 0
+    src, method, opts = calls.pop()
+    assert src == ct_dir and method == "fbp" and opts.filter == "hann" and opts.i0 == 1e4
+    assert main(["recon", str(nifti_file), "--method", "fbp", "--steps", "5"]) == 2
+    assert "no option 'steps'" in capsys.readouterr().err
+    assert main(["recon", str(ct_dir), "--method", "zero-filled"]) == 2  # a CT input
+    assert "not a CT method" in capsys.readouterr().err and not calls
     assert main(["recon", str(dicom_dir), "--method", "zero-filled", "--quiet", *ACS]) == 0
-    assert not calls  # MRI inputs with an MRI method stay here
-    fake.run_cli = lambda args, inputs: 1
+    assert calls.pop()[1] == "zero-filled"  # MRI inputs with an MRI method stay MRI
+
+    def failing(*args, **kwargs):
+        raise ValueError("bad scan")
+
+    monkeypatch.setattr(pipeline, "reconstruct_file", failing)
     assert main(["recon", str(ct_dir), "--method", "fbp"]) == 1
+    assert "bad scan" in capsys.readouterr().err
 
 
 def test_reconstructor_on_image_inputs(dicom_dir, nifti_file, tmp_path):
@@ -325,15 +339,13 @@ def test_steps_solver_mapping_and_step_progress(nifti_file, tiny_checkpoint, cap
     (rec,) = _json(capsys)
     assert rec["options"]["steps"] == 3 and rec["options"]["solver"] == "ddim"
     assert rec["nfe"] == 3 and np.isfinite(rec["metrics"]["psnr"])
-    # the per-step bar: one tick per network evaluation (forward hook), total over the volume
+    # the per-step bar: one tick per sampler step (reconstruct's callback), total over the volume
     spec = MaskSpec("equispaced_fraction", 2, 0.2, 0)
     rec = reconstruct_file(nifti_file, "ddnm", spec, slices="0:2", progress=True,
                            checkpoint=tiny_checkpoint, steps=2)
     err = capsys.readouterr().err
     assert rec["nfe"] == 2 and "sampling" in err and "/4 [" in err and "/2 [" in err
-    calls = []
-    with count_network_calls(lambda: calls.append(1)):
-        rec = reconstruct_file(nifti_file, "ddnm", spec, slices="0:2", batch_size=2,
-                               checkpoint=tiny_checkpoint, steps=3)
-    assert rec["nfe"] == 3 and len(calls) == 3  # a batch of 2 slices: one call per step
-    assert step_total({"steps": 5, "n_corrector": 1}) == 10 and step_total({}) is None
+    rec = reconstruct_file(nifti_file, "ddnm", spec, slices="0:2", batch_size=2, progress=True,
+                           checkpoint=tiny_checkpoint, steps=3)
+    err = capsys.readouterr().err
+    assert rec["nfe"] == 3 and "3/3 [" in err  # a batch of 2 slices: one sampling run

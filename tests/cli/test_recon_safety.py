@@ -13,7 +13,6 @@ import h5py
 import numpy as np
 import pytest
 
-import medrecon.cli.recon as cli_recon
 import medrecon.pipeline as pipeline
 from medrecon.cli.main import main
 from medrecon.datasets import publish as pub
@@ -22,11 +21,6 @@ from medrecon.datasets.dicom import read_dicom_series, write_dicom_series
 from medrecon.datasets.nifti import write_nifti
 
 FAST = ["--method", "zero-filled", "--quiet", "--acceleration", "2", "--center-fraction", "0.2"]
-
-
-@pytest.fixture(autouse=True)
-def _mri_only(monkeypatch):
-    monkeypatch.setattr(cli_recon, "_ct_module", lambda: None)
 
 
 @pytest.fixture

@@ -6,8 +6,11 @@ import torch
 
 from medrecon.models.checkpoint import load_checkpoint
 from medrecon.models.schedules import make_betas
-from medrecon.models.train import latest_checkpoint, train
+from medrecon.models.train import train
+from medrecon.models.train_common import latest_checkpoint
 from medrecon.sample import sample
+
+from ._data import TensorItems
 
 pytestmark = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
 
@@ -19,20 +22,9 @@ def _images(n=4):
     return torch.randn(n, H, H, dtype=torch.complex64, generator=g) * 0.3
 
 
-class _DS(torch.utils.data.Dataset):
-    def __init__(self, x):
-        self.x = x
-
-    def __len__(self):
-        return len(self.x)
-
-    def __getitem__(self, i):
-        return self.x[i]
-
-
 @pytest.mark.parametrize("mp", ["no", "bf16", "fp16"])
 def test_mixed_precision_training_and_resume_on_cuda(tmp_path, mp):
-    data = _DS(_images())
+    data = TensorItems(_images())
     kw = dict(batch_size=4, lr=1e-3, seed=0, mixed_precision=mp, device="cuda", progress=False)
     r = train("tiny", data, tmp_path / mp, steps=4, **kw)
     assert len(r.losses) == 4 and all(torch.isfinite(torch.tensor(r.losses)))
@@ -45,7 +37,7 @@ def test_mixed_precision_training_and_resume_on_cuda(tmp_path, mp):
 
 
 def test_sampling_on_cuda_matches_cpu(tmp_path):
-    r = train("tiny", _DS(_images()), tmp_path / "s", steps=3, batch_size=4, device="cuda", progress=False)
+    r = train("tiny", TensorItems(_images()), tmp_path / "s", steps=3, batch_size=4, device="cuda", progress=False)
     model = r.model.eval()
     betas = make_betas("linear", 1000)
     x = torch.randn(2, H, H, dtype=torch.complex64, generator=torch.Generator().manual_seed(1))

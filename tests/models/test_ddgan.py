@@ -171,7 +171,7 @@ def test_recipe_trains_from_the_cli_and_rejects_bad_options(tmp_path, capsys):
     import numpy as np
 
     from medrecon.cli.main import main
-    from medrecon.models.train import latest_checkpoint
+    from medrecon.models.train_common import latest_checkpoint
 
     rng = np.random.default_rng(0)
     np.save(tmp_path / "x.npy", (rng.standard_normal((2, 40, 32)) + 1j * rng.standard_normal((2, 40, 32)))

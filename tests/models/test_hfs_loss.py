@@ -1,4 +1,4 @@
-"""The HFS-SDE training loss (``medrecon.models.hfs_loss``) on the analytic Gaussian prior.
+"""The HFS-SDE training loss (``medrecon.models.hfs_process``) on the analytic Gaussian prior.
 
 8x8 complex images, stationary prior p = 1.5, k0 = 1, M_L = 2 central columns.  The loss
 E || std Mhat s(x_t) + Mhat z ||^2 is minimised by Mhat s = Mhat grad log p_t; for this prior the exact
@@ -15,10 +15,10 @@ import numpy as np
 import pytest
 import torch
 
-from medrecon.models.hfs_loss import HFSSDE, hfs_loss, hfs_score_fn
+from medrecon.gaussian_prior import GaussianPrior
+from medrecon.models.hfs_process import HFSSDE, hfs_loss, hfs_score_fn
 from medrecon.physics.fft import fft2c, ifft2c
 from medrecon.posterior import gaussian_hfs_score
-from medrecon.testing import GaussianPrior
 
 H = W = 8
 PR = GaussianPrior((H, W), p=1.5, k0=1.0)

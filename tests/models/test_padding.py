@@ -35,7 +35,7 @@ def test_required_multiple_from_configs_and_models(model):
     assert required_multiple(bare) == 8
     G = build_ddgan(DDGANConfig(unet=CFG8, num_steps=2, z_dim=4, w_dim=8, d_channels=(8,)), seed=0)[0]
     assert required_multiple(G) == 8  # cfg.unet
-    from medrecon.ct.autoencoder import ae_preset, build_autoencoder
+    from medrecon.ct.autoencoder_net import ae_preset, build_autoencoder
     ae = build_autoencoder(ae_preset("tiny", channels=(8, 8, 8), num_res_blocks=(1, 1, 1),
                                      attention_levels=(False, False, False)), seed=0)
     assert required_multiple(ae) == 4  # AutoencoderKL: 2 ** (levels - 1)

@@ -8,7 +8,10 @@ import torch
 from medrecon.models.checkpoint import load_checkpoint
 from medrecon.models.networks import build_unet
 from medrecon.models.schedules import VE
-from medrecon.models.train import EMA, latest_checkpoint, train, validation_loss
+from medrecon.models.train import train, validation_loss
+from medrecon.models.train_common import EMA, latest_checkpoint
+
+from ._data import TensorItems
 
 H = 16
 
@@ -26,17 +29,6 @@ def _images(n=4, seed=0):
     return torch.stack(out)
 
 
-class _DS(torch.utils.data.Dataset):
-    def __init__(self, x):
-        self.x = x
-
-    def __len__(self):
-        return len(self.x)
-
-    def __getitem__(self, i):
-        return self.x[i]
-
-
 def test_ema_update_math():
     lin = torch.nn.Linear(3, 2)
     ema = EMA(lin, 0.9)
@@ -52,7 +44,7 @@ def test_ema_update_math():
 
 
 def test_tiny_model_overfits_few_images(tmp_path):
-    data = _DS(_images(4))
+    data = TensorItems(_images(4))
     before = train("tiny", data, tmp_path / "r0", steps=1, lr=0.0, batch_size=4, seed=3, progress=False)
     dev = torch.device("cpu")
     loss0 = validation_loss(before.model, data, "eps", seed=11, batch_size=4, device=dev)
@@ -66,7 +58,7 @@ def test_tiny_model_overfits_few_images(tmp_path):
 
 
 def test_resume_reproduces_uninterrupted_run(tmp_path):
-    data = _DS(_images(6))
+    data = TensorItems(_images(6))
     kw = dict(batch_size=3, lr=1e-3, seed=5, ema_decay=0.8, progress=False)
     full = train("tiny", data, tmp_path / "full", steps=6, **kw)
     part = train("tiny", data, tmp_path / "part", steps=3, **kw)
@@ -84,7 +76,7 @@ def test_resume_reproduces_uninterrupted_run(tmp_path):
 
 
 def test_refuses_foreign_run_without_resume(tmp_path):
-    data = _DS(_images(2))
+    data = TensorItems(_images(2))
     train("tiny", data, tmp_path / "r", steps=1, batch_size=2, progress=False)
     with pytest.raises(FileExistsError, match="resume"):
         train("tiny", data, tmp_path / "r", steps=1, batch_size=2, resume=False, progress=False)
@@ -97,7 +89,7 @@ def test_refuses_foreign_run_without_resume(tmp_path):
 
 @pytest.mark.parametrize("objective", ["v", "score"])
 def test_other_objectives_run_and_checkpoint(tmp_path, objective):
-    data = _DS(torch.view_as_real(_images(2)).permute(0, 3, 1, 2).contiguous())  # items [2, H, W]
+    data = TensorItems(torch.view_as_real(_images(2)).permute(0, 3, 1, 2).contiguous())  # items [2, H, W]
     sched = VE(sigma_min=0.01, sigma_max=20.0) if objective == "score" else None
     r = train("tiny", data, tmp_path / objective, steps=2, batch_size=2, objective=objective,
               schedule=sched, progress=False)
@@ -106,7 +98,7 @@ def test_other_objectives_run_and_checkpoint(tmp_path, objective):
 
 
 def test_sampler_callback_writes_png_and_bad_arguments(tmp_path):
-    data = _DS(_images(2))
+    data = TensorItems(_images(2))
     calls = []
 
     def sampler(eps_fn, x_T):  # one crude DDIM-like step: enough to exercise the hook
@@ -121,16 +113,16 @@ def test_sampler_callback_writes_png_and_bad_arguments(tmp_path):
     with pytest.raises(ValueError, match="objective"):
         train("tiny", data, tmp_path / "x", steps=1, objective="x0", progress=False)
     with pytest.raises(ValueError, match="dataset"):
-        train("tiny", _DS(torch.randn(2, 3, H, H)), tmp_path / "x", steps=1, progress=False)
+        train("tiny", TensorItems(torch.randn(2, 3, H, H)), tmp_path / "x", steps=1, progress=False)
 
 
 def test_complex_training_noise_is_circular_like_the_solvers():
     """Training noise for complex images is CN(0, I) (E|z|^2 = 1), the solvers' noise_like convention."""
-    from medrecon.models.train import _randn_like, step_generator
+    from medrecon.models.train_common import randn_like, step_generator
     from medrecon.solvers.base import noise_like
 
     x = torch.zeros(64, H, H, dtype=torch.complex64)
-    z = _randn_like(x, step_generator(0, 0, 0))
+    z = randn_like(x, step_generator(0, 0, 0))
     ref = noise_like(x, torch.Generator().manual_seed(0))
     assert z.dtype == x.dtype
     for v in (z, ref):
@@ -139,7 +131,7 @@ def test_complex_training_noise_is_circular_like_the_solvers():
 
 
 def test_grad_clip_progress_bar_and_validation_loss(tmp_path, monkeypatch, capsys):
-    data = _DS(_images(4))
+    data = TensorItems(_images(4))
     norms = []
     real_clip = torch.nn.utils.clip_grad_norm_
 

@@ -1,83 +1,12 @@
-"""Tests for medrecon.physics.masks against fastMRI's mask functions, sigpy's Poisson disc and
-the analytic inclusion law of Gumbel-top-k sampling."""
+"""Tests for medrecon.physics.masks against sigpy's Poisson disc and the analytic inclusion law
+of Gumbel-top-k sampling (identity with fastMRI's mask functions: test_fastmri_reference.py)."""
 import math
 
 import numpy as np
 import pytest
 import torch
-from hypothesis import HealthCheck, given, settings
-from hypothesis import strategies as st
 
 from medrecon.physics.masks import KINDS, SampledMask, center_mask, make_mask, sample_mask
-
-subsample = pytest.importorskip("fastmri.data.subsample")
-
-FASTMRI = {
-    "random": subsample.RandomMaskFunc,
-    "equispaced": subsample.EquiSpacedMaskFunc,
-    "equispaced_fraction": subsample.EquispacedMaskFractionFunc,
-    "magic": subsample.MagicMaskFunc,
-    "magic_fraction": subsample.MagicMaskFractionFunc,
-}
-
-
-def fastmri_mask(kind, W, acceleration, center_fraction, seed, offset=None):
-    """fastMRI's mask for k-space (H, W, 2): returns (column pattern as bool numpy, n_low)."""
-    func = FASTMRI[kind]([center_fraction], [acceleration])
-    mask, n_low = func((7, W, 2), offset=offset, seed=seed)
-    assert tuple(mask.shape) == (1, W, 1)
-    return mask.flatten().numpy().astype(bool), n_low
-
-
-# ----------------------------------------------------------------------------- fastMRI identity
-
-@pytest.mark.parametrize("kind", list(FASTMRI))
-@pytest.mark.parametrize("W", [368, 320, 372])
-@pytest.mark.parametrize("acceleration,center_fraction", [(4, 0.08), (8, 0.04)])
-def test_fastmri_real_sizes_identical(kind, W, acceleration, center_fraction):
-    # integer seeds and the per-file tuple seeds fastMRI's challenge uses
-    seeds = list(range(6)) + [tuple(map(ord, "file1000001.h5")), 2**32 - 1]
-    for seed in seeds:
-        ref, n_low = fastmri_mask(kind, W, acceleration, center_fraction, seed)
-        got = sample_mask(kind, (15, 640, W), acceleration, center_fraction, seed=seed)
-        assert got.mask.shape == (1, W) and got.mask.dtype == torch.bool
-        np.testing.assert_array_equal(got.mask[0].numpy(), ref)
-        assert got.num_low_frequencies == n_low
-
-
-@settings(max_examples=400, deadline=None, suppress_health_check=[HealthCheck.too_slow])
-@given(
-    kind=st.sampled_from(list(FASTMRI)),
-    W=st.one_of(st.integers(4, 400), st.sampled_from([368, 320, 372])),
-    acceleration=st.sampled_from([1, 2, 3, 4, 5, 8, 10]),
-    center_fraction=st.one_of(st.sampled_from([0.04, 0.08]), st.floats(0.01, 0.6)),
-    seed=st.one_of(st.integers(0, 2**32 - 1), st.lists(st.integers(0, 255), min_size=1,
-                                                        max_size=6).map(tuple)),
-    offset=st.one_of(st.none(), st.integers(0, 11)),
-)
-def test_fastmri_identical_property(kind, W, acceleration, center_fraction, seed, offset):
-    if kind == "random":
-        offset = None  # fastMRI ignores it; we reject it (tested below)
-    if kind == "equispaced_fraction" and round(W * center_fraction) * acceleration >= W:
-        # fastMRI's column spacing is then negative or infinite: it fails without an offset and,
-        # given one, silently returns the centre only. We refuse either way.
-        with pytest.raises(ValueError, match="equispaced_fraction"):
-            sample_mask(kind, (W, W), acceleration, center_fraction, seed=seed, offset=offset)
-        return
-    try:
-        ref, n_low = fastmri_mask(kind, W, acceleration, center_fraction, seed, offset)
-    except (ValueError, ZeroDivisionError, IndexError):
-        # fastMRI cannot build it: we must refuse with a clear ValueError, never return a mask
-        with pytest.raises(ValueError, match="acceleration|center_fraction"):
-            sample_mask(kind, (W, W), acceleration, center_fraction, seed=seed, offset=offset)
-        return
-    got = sample_mask(kind, (9, W), acceleration, center_fraction, seed=seed, offset=offset)
-    np.testing.assert_array_equal(got.mask[0].numpy(), ref)
-    assert got.num_low_frequencies == n_low
-    # the ACS band is fastMRI's calculate_center_mask for that n_low, and inside the mask
-    ref_center = FASTMRI[kind]([0.1], [4]).calculate_center_mask((W, 2), n_low).astype(bool)
-    np.testing.assert_array_equal(got.acs[0].numpy(), ref_center)
-    assert bool((got.mask | ~got.acs).all())
 
 
 def test_only_last_two_dims_matter_and_broadcasts():
@@ -175,11 +104,7 @@ def test_gaussian1d_inclusion_law():
 
 # ----------------------------------------------------------------------------- center_mask
 
-def test_center_mask_matches_fastmri_and_2d_block():
-    ref_func = subsample.RandomMaskFunc([0.08], [4])
-    for W, n in [(368, 29), (320, 26), (33, 4), (33, 5), (10, 0), (10, 10)]:
-        ref = ref_func.calculate_center_mask((W, 2), n).astype(bool)
-        np.testing.assert_array_equal(center_mask((5, W), n)[0].numpy(), ref)
+def test_center_mask_2d_block():
     block = center_mask((9, 10), (3, 4), two_d=True)
     assert block.shape == (9, 10) and int(block.sum()) == 12
     rows = block.any(1).nonzero().flatten().tolist()
@@ -235,16 +160,6 @@ def test_center_mask_bad_input(kwargs, match):
 def test_bad_input_raises_value_error(args, kwargs, match):
     with pytest.raises(ValueError, match=match):
         sample_mask(*args, **kwargs)
-
-
-def test_impossible_fraction_kinds_also_fail_in_fastmri():
-    """The refusals above are real limits: fastMRI itself cannot build these masks."""
-    with pytest.raises((ValueError, ZeroDivisionError)):
-        fastmri_mask("magic_fraction", 32, 4, 0.5, seed=0)
-    with pytest.raises((ValueError, ZeroDivisionError)):
-        fastmri_mask("equispaced_fraction", 32, 4, 0.25, seed=0)  # n_low * acc == W
-    with pytest.raises(ValueError, match="equispaced_fraction"):
-        sample_mask("equispaced_fraction", (32, 32), 4, 0.25, seed=0)
 
 
 @pytest.mark.parametrize("kind", KINDS)

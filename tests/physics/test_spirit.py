@@ -77,35 +77,8 @@ def test_batched_kernels_and_data_broadcast():
                                    rtol=1e-4, atol=1e-4)
 
 
-def _dot(a, b):
-    return (a.conj() * b).sum().to(torch.complex128)
-
-
-def test_adjoint_dot_product_and_normal():
-    C, H, W = 4, 16, 10
-    op = SpiritOperator(_c((C, C, 5, 5), 7), (H, W))
-    x, y = _c((2, C, H, W), 8), _c((2, C, H, W), 9)
-    lhs, rhs = _dot(op.forward(x), y), _dot(x, op.adjoint(y))
-    assert abs(lhs - rhs) <= 1e-5 * abs(lhs)
-    lhs, rhs = _dot(op.residual(x), y), _dot(x, op.residual_adjoint(y))
-    assert abs(lhs - rhs) <= 1e-5 * abs(lhs)
-    nx = op.normal(x)
-    torch.testing.assert_close(nx, op.residual_adjoint(op.residual(x)), rtol=1e-4, atol=1e-3)
-    # normal is Hermitian positive semi-definite
-    assert abs(_dot(nx, y) - _dot(x, op.normal(y))) <= 1e-5 * abs(_dot(nx, y))
-    assert _dot(x, nx).real > 0
-    torch.testing.assert_close(_dot(x, nx).real, _dot(op.residual(x), op.residual(x)).real,
-                               rtol=1e-5, atol=0)
-
-
-def test_operator_is_linear_and_keeps_dtype():
-    C, H, W = 2, 8, 8
-    op = SpiritOperator(_c((C, C, 3, 3), 10), (H, W))
-    x, y = _c((C, H, W), 11), _c((C, H, W), 12)
-    a = 0.3 - 1.7j
-    torch.testing.assert_close(op.forward(a * x + y), a * op.forward(x) + op.forward(y),
-                               rtol=1e-5, atol=1e-5)
-    assert op.forward(x).dtype == op.adjoint(x).dtype == op.normal(x).dtype == torch.complex64
+# adjoint dot product, normal == (G - I)^H (G - I), linearity and dtype of G and G - I:
+# test_operator_properties.py
 
 
 def _calibration_reference(acs, kw, lam):

@@ -8,14 +8,14 @@ import pytest
 import torch
 
 import medrecon
+from medrecon.gaussian_prior import GaussianPrior
 from medrecon.models.checkpoint import save_checkpoint
 from medrecon.models.ddgan import DDGANConfig, build_ddgan, save_ddgan
-from medrecon.models.hfs_loss import HFSSDE
+from medrecon.models.hfs_process import HFSSDE
 from medrecon.models.networks import UNetConfig, build_unet
 from medrecon.models.schedules import VE, VPSchedule, make_betas
 from medrecon.models.wrapper import DiffusionModel
 from medrecon.physics.fft import fft2c
-from medrecon.testing import GaussianPrior
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 

@@ -22,31 +22,19 @@ import math
 import pytest
 import torch
 
-from medrecon.models.hfs_loss import HFSSDE
-from medrecon.models.schedules import make_betas
+from medrecon.gaussian_prior import GaussianPrior
+from medrecon.models.hfs_process import HFSSDE
 from medrecon.physics.fft import fft2c, ifft2c
 from medrecon.physics.mri import MultiCoilMRI
 from medrecon.posterior import (coil_projector, coil_score_from_image_prior, gaussian_hfs_score, hfs_sde,
                                 score_mri, spirit_diffusion)
-from medrecon.testing import GaussianPrior
+from tests.posterior.helpers import BETAS, CT, EPS, NPIX, PR, H, W, sense_geometry
 
 pytestmark = pytest.mark.usefixtures("one_thread")  # tests/conftest.py
 
-H = W = 16
-NPIX = H * W
-CT = torch.complex128
-PR = GaussianPrior((H, W), p=1.5, k0=1.0)
-BETAS = make_betas("linear", 1000)
-EPS = PR.eps_fn(BETAS)
 HFS = HFSSDE(acs=1)  # M_L = column 8, inside the mask
 HFS_SCORE = gaussian_hfs_score(PR, HFS)
-_yy, _xx = torch.meshgrid(torch.linspace(-1, 1, H, dtype=torch.float64),
-                          torch.linspace(-1, 1, W, dtype=torch.float64), indexing="ij")
-SMAPS = (torch.stack([torch.exp(1j * math.pi * (0.37 * c * _xx + 0.21 * c * _yy + 0.3 * c * _xx ** 2))
-                      for c in range(3)]) / math.sqrt(3)).to(torch.complex64)
-MASK = torch.zeros(1, W, dtype=torch.bool)
-MASK[:, [0, 4, 8, 12]] = True
-OP = MultiCoilMRI(SMAPS, MASK)
+SMAPS, MASK, OP = sense_geometry(H, W, torch.complex64)
 X_TRUE = PR.sample(1, generator=torch.Generator().manual_seed(1))[0]
 Y1 = OP.forward(X_TRUE)
 NS = 100
@@ -113,7 +101,7 @@ def test_corrector_does_not_add_error_n1000(method):
 
 
 # ------------------------------------------------------------------ SPIRiT-Diffusion
-# The SPIRiT setting of tests/core/test_hfs_spirit_diffusion.py: 4 coils with S_c = exp(2 pi i k_c w / W) / 2
+# The SPIRiT setting of tests/posterior/test_hfs_spirit_diffusion.py: 4 coils with S_c = exp(2 pi i k_c w / W) / 2
 # (coil c's k-space is the image's shifted by k_c columns), for which the kernel with taps 1/3 at offsets
 # k_c' - k_c is exact (G S rho = S rho); columns 0 and 8 sampled, so the coils see 8 of the image's 16
 # k-space columns and the other 8 are left to the prior.

@@ -22,30 +22,16 @@ import math
 import pytest
 import torch
 
-from medrecon.models.schedules import make_betas
 from medrecon.physics.fft import fft2c
-from medrecon.physics.mri import MultiCoilMRI
 from medrecon.posterior import ccdf, ddnm, dds, diffpir
 from medrecon.posterior.ddnm import ddnm_dc
 from medrecon.sample import sample
-from medrecon.testing import GaussianPrior
+from tests.posterior.helpers import BETAS, CT, EPS, NPIX, PR, H, W, sense_geometry
 
 pytestmark = pytest.mark.usefixtures("one_thread")  # tests/conftest.py
 
-H = W = 16
-NPIX = H * W
-CT = torch.complex128
-PR = GaussianPrior((H, W), p=1.5, k0=1.0)
-BETAS = make_betas("linear", 1000)
 ACP = torch.cumprod(1 - BETAS.float(), 0).double()
-EPS = PR.eps_fn(BETAS)
-_yy, _xx = torch.meshgrid(torch.linspace(-1, 1, H, dtype=torch.float64),
-                          torch.linspace(-1, 1, W, dtype=torch.float64), indexing="ij")
-SMAPS = torch.stack([torch.exp(1j * math.pi * (0.37 * c * _xx + 0.21 * c * _yy + 0.3 * c * _xx ** 2))
-                     for c in range(3)]) / math.sqrt(3)
-MASK = torch.zeros(1, W, dtype=torch.bool)
-MASK[:, [0, 4, 8, 12]] = True
-OP = MultiCoilMRI(SMAPS, MASK)
+SMAPS, MASK, OP = sense_geometry(H, W)
 X_TRUE = PR.sample(1, generator=torch.Generator().manual_seed(1), dtype=CT)[0]
 Y1 = OP.forward(X_TRUE)
 N = 100
