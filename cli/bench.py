@@ -1,4 +1,4 @@
-"""`medrecon bench operators|solvers|recon|ct|ct-operators`: benchmarks that print tables with
+"""`medrecon bench operators|solvers|recon|pipeline|ct|ct-operators|accel`: benchmarks that print tables with
 in-process ratios; each one lives in `medrecon.bench` (options in `medrecon.bench.commands`)."""
 from __future__ import annotations
 

@@ -2,12 +2,14 @@
 
     medrecon info FILE [FILE ...] [--json]
 
-Recognised: fastMRI HDF5 (k-space, header, mask, targets), simulated CT HDF5
+Recognised: fastMRI HDF5 (k-space, header, mask, targets), ISMRMRD HDF5 and Siemens twix ``.dat``
+raw data (header summary, acquisition counts, the k-space medrecon reads, or why it is not
+supported), simulated CT HDF5
 (`medrecon.datasets.simulate_ct` layout), reconstructions written by ``medrecon recon`` (.h5),
 DICOM (a file or a folder holding one series; non-uniform slice spacing is described in
 ``irregular_spacing``, not refused) and NIfTI (.nii/.nii.gz, with its JSON sidecar).
-With ``--json`` one JSON object per file is printed (key ``format``: ``fastmri``, ``ct-sim``,
-``reconstruction``, ``dicom`` or ``nifti``).  A file that cannot be read is reported on stderr,
+With ``--json`` one JSON object per file is printed (key ``format``: ``fastmri``, ``ismrmrd``,
+``twix``, ``ct-sim``, ``reconstruction``, ``dicom`` or ``nifti``).  A file that cannot be read is reported on stderr,
 the others are still described, and the exit code is 1.
 """
 from __future__ import annotations
@@ -22,7 +24,8 @@ import numpy as np
 
 
 def register(subparsers) -> None:
-    p = subparsers.add_parser("info", help="describe fastMRI/CT HDF5, DICOM and NIfTI files")
+    p = subparsers.add_parser("info", help="describe fastMRI/ISMRMRD/CT HDF5, twix, DICOM and "
+                                          "NIfTI files")
     p.add_argument("files", nargs="+", help="files (DICOM: a file or a series folder)")
     p.add_argument("--json", action="store_true", help="print one JSON object per file")
     p.set_defaults(func=run)
@@ -170,15 +173,21 @@ def _describe(p: Path) -> dict[str, Any]:
     elif p.name.endswith((".nii", ".nii.gz")):
         info = _nifti(p)
     elif h5py.is_hdf5(p):
-        info = _hdf5(p)
+        from medrecon.datasets.ismrmrd import describe_ismrmrd, is_ismrmrd
+
+        info = describe_ismrmrd(p) if is_ismrmrd(p) else _hdf5(p)
+    elif p.name.lower().endswith(".dat"):
+        from medrecon.datasets.twix import describe_twix
+
+        info = describe_twix(p)
     else:
         try:
             info = _dicom(p)
         except ValueError as exc:
             if "not a DICOM file" not in str(exc):
                 raise
-            raise ValueError(f"{p}: unknown format (expected fastMRI/CT HDF5, DICOM or NIfTI "
-                             ".nii/.nii.gz)") from None
+            raise ValueError(f"{p}: unknown format (expected fastMRI/ISMRMRD/CT HDF5, twix .dat, "
+                             "DICOM or NIfTI .nii/.nii.gz)") from None
     return info
 
 

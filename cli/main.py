@@ -11,7 +11,7 @@ import argparse
 import importlib
 import sys
 
-SUBCOMMANDS: list[str] = ["recon", "demo", "methods", "simulate", "train", "bench", "info",
+SUBCOMMANDS: list[str] = ["recon", "demo", "methods", "priors", "simulate", "train", "bench", "info",
                           "compare", "batch"]
 
 

@@ -4,6 +4,8 @@ Names are imported lazily (``medrecon.datasets.read_dicom_series`` loads pydicom
 so ``import medrecon`` stays light.  Modules:
 
 - ``fastmri``: lazy fastMRI HDF5 reader, schema / submission writers, ISMRMRD header;
+- ``ismrmrd``, ``twix``, ``raw_kspace``: ISMRMRD and Siemens twix raw data read as per-slice
+  k-space with FastMRIFile's interface;
 - ``dicom``, ``nifti``, ``geometry``: DICOM series and NIfTI in and out with consistent geometry;
 - ``simulate_mri``, ``simulate_ct``, ``anatomy``, ``augment``, ``demo``: simulators writing the
   same formats (``medrecon simulate``);
@@ -17,6 +19,9 @@ import importlib
 _EXPORTS = {
     "fastmri": ["FastMRIFile", "ISMRMRDHeader", "make_ismrmrd_header", "parse_ismrmrd_header",
                 "write_fastmri", "write_reconstruction", "center_crop"],
+    "ismrmrd": ["open_ismrmrd", "describe_ismrmrd", "read_ismrmrd_header"],
+    "twix": ["open_twix", "describe_twix"],
+    "raw_kspace": ["RawKSpaceFile", "prewhitening_matrix"],
     "dicom": ["DicomSeries", "read_dicom_series", "write_dicom_series"],
     "nifti": ["NiftiVolume", "read_nifti", "write_nifti", "dicom_to_nifti_affine",
               "nifti_affine_to_dicom"],

@@ -34,6 +34,7 @@ __all__ = ["ISMRMRDHeader", "FastMRIFile", "make_ismrmrd_header", "parse_ismrmrd
            "write_fastmri", "write_reconstruction", "center_crop", "atomic_h5"]
 
 NS = "http://www.ismrm.org/ISMRMRD"
+GAMMA_BAR_HZ_PER_T = 42.577478518e6  # proton gyromagnetic ratio / 2 pi (CODATA 2018)
 
 
 @dataclass(frozen=True)
@@ -63,7 +64,11 @@ class ISMRMRDHeader:
 def make_ismrmrd_header(encoded_shape, recon_shape, encoded_fov_mm=(240.0, 240.0, 3.0),
                         recon_fov_mm=None, enc_limits_center=None, enc_limits_max=None,
                         field_strength_t: float = 3.0, system_model: str = "medrecon-sim") -> str:
-    """ISMRMRD XML with the fields fastMRI reads.  Shapes are (x=readout, y=phase, z)."""
+    """ISMRMRD XML with the fields fastMRI reads.  Shapes are (x=readout, y=phase, z).
+
+    Valid against the ISMRMRD schema (ismrmrd.xsd: the required ``experimentalConditions``,
+    elements in schema order), so ISMRMRD-aware readers (``ismrmrd.xsd.CreateFromDocument``,
+    mrpro) accept the files we write; the proton frequency is gamma-bar * B0."""
     ex, ey, ez = (list(encoded_shape) + [1])[:3]
     rx, ry, rz = (list(recon_shape) + [1])[:3]
     efov = (list(encoded_fov_mm) + [3.0])[:3]
@@ -81,6 +86,9 @@ def make_ismrmrd_header(encoded_shape, recon_shape, encoded_fov_mm=(240.0, 240.0
         f"<acquisitionSystemInformation><systemModel>{system_model}</systemModel>"
         f"<systemFieldStrength_T>{field_strength_t}</systemFieldStrength_T>"
         "</acquisitionSystemInformation>"
+        "<experimentalConditions><H1resonanceFrequency_Hz>"
+        f"{round(GAMMA_BAR_HZ_PER_T * field_strength_t)}"
+        "</H1resonanceFrequency_Hz></experimentalConditions>"
         "<encoding>"
         f"<encodedSpace>{vec('matrixSize', (ex, ey, ez), int)}"
         f"{vec('fieldOfView_mm', efov, float)}</encodedSpace>"
@@ -131,6 +139,8 @@ def center_crop(x, shape: tuple[int, int]):
 
 class FastMRIFile:
     """Lazy reader of one fastMRI HDF5 file; use as a context manager or call ``close()``."""
+
+    input_format = "fastmri"
 
     def __init__(self, path: str | os.PathLike):
         self.path = Path(path)

@@ -107,9 +107,9 @@ def _slice_range(job) -> list[int] | None:
     try:
         if is_ct_input(job.src):
             n = count_slices(job.src)
-        elif input_kind(job.src) == "fastmri":
-            from medrecon.datasets.fastmri import FastMRIFile
-            with FastMRIFile(job.src) as f:
+        elif input_kind(job.src) in ("fastmri", "ismrmrd", "twix"):
+            from medrecon.inputs import open_kspace
+            with open_kspace(job.src) as f:
                 n = f.num_slices
         else:
             n = read_image_volume(job.src).volume.shape[0]

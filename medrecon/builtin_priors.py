@@ -5,24 +5,55 @@ no optimizer state) trained by ``medrecon train --recipe ...`` on the simulated 
 how exactly is in ``docs/priors.md``.
 
 - ``brain128-vp``:  VP eps complex-image prior (recipe ``vp``) -- the default of the VP samplers
-  (dds, ddnm, diffpir, dps, ccdf, score-mri).
+  (dds, ddnm, diffpir, dps, ccdf, score-mri, spirit-diffusion).
 - ``brain128-hfs``: HFS-SDE prior (recipe ``hfs``, acs 10) -- the default of hfs-sde.
 
-Both were trained on 128-wide images normalised by the zero-filled image's maximum, the scale the
-posterior methods use with ``normalize=True``.
+The name says the network's 128x128 training windows, not the image size: both were trained on
+128x128 brains and then fine-tuned on windows of 128-384 recon matrices (``--recipe-option
+scales=1``), all normalised by the zero-filled image's maximum, the scale the posterior methods
+use with ``normalize=True``.  ``PRIORS`` holds what the checkpoint cannot say (kind, data, the
+steps before its last run, intended NFE); `describe` joins it with the checkpoint's own facts
+(``medrecon priors`` prints it).
 """
 from __future__ import annotations
 
+import json
+import math
+import struct
+from dataclasses import dataclass
 from pathlib import Path
 
-__all__ = ["BUILTIN_PRIORS", "prior_path", "resolve_checkpoint", "export_prior"]
+__all__ = ["BUILTIN_PRIORS", "PRIORS", "PriorInfo", "prior_path", "resolve_checkpoint", "describe",
+           "weights_parameters", "export_prior"]
 
 _ROOT = Path(__file__).resolve().parent / "priors"
 
-BUILTIN_PRIORS: dict[str, str] = {
-    "brain128-vp": "VP eps complex-image prior, simulated brain, 128-wide (recipe vp)",
-    "brain128-hfs": "HFS-SDE prior (acs 10), simulated brain, 128-wide (recipe hfs)",
+_BRAIN = ("simulated multi-coil brain (MNI152 simulator, training seeds): 128 slices at 128x128, then "
+          "36 slices per recon matrix 128, 192, 256, 320, 384 (T1/T2/PD/FLAIR), ESPIRiT-SENSE combined, "
+          "normalised by the zero-filled maximum; 128x128 windows")
+
+
+@dataclass(frozen=True)
+class PriorInfo:
+    """Metadata of a shipped prior that its checkpoint does not record (docs/priors.md)."""
+    kind: str  # vp, hfs, ddgan, distilled, ct, ...
+    description: str
+    data: str  # training data
+    steps_before: int  # optimizer steps of the runs before the one config.json's ``step`` counts (its ``init``)
+    nfe: int  # network evaluations per image it is meant to be sampled with
+    nfe_note: str
+
+
+PRIORS: dict[str, PriorInfo] = {
+    "brain128-vp": PriorInfo(
+        "vp", "VP eps-prediction prior of complex (2-channel) images, 1000 linear betas (recipe vp)", _BRAIN,
+        4832, 50, "DDIM-type samplers (dds 50, ddnm / ccdf / diffpir 20-100); dps, score-mri 1000"),
+    "brain128-hfs": PriorInfo(
+        "hfs", "HFS-SDE score prior of the high frequencies, M_L = 10 central lines, VE sigma 1e-3..1 "
+        "(recipe hfs)", _BRAIN, 4751, 2000, "hfs-sde: N = 1000 predictor steps + 1 corrector each"),
 }
+
+BUILTIN_PRIORS: dict[str, str] = {name: info.description for name, info in PRIORS.items()}
 
 
 def prior_path(name: str) -> Path:
@@ -45,6 +76,42 @@ def resolve_checkpoint(checkpoint: str, default: str) -> Path:
     if name in BUILTIN_PRIORS:
         return prior_path(name)
     return Path(name)
+
+
+def weights_parameters(path) -> int:
+    """The number of parameters in a safetensors file, from its header alone (8-byte little-endian
+    header length, then JSON ``{name: {dtype, shape, data_offsets}}``; no tensor is read)."""
+    with open(path, "rb") as f:
+        head = f.read(8)
+        if len(head) != 8:
+            raise ValueError(f"{path}: not a safetensors file (shorter than its 8-byte header length)")
+        (n,) = struct.unpack("<Q", head)
+        if n > 100 * 2 ** 20:
+            raise ValueError(f"{path}: safetensors header of {n} bytes (corrupt file?)")
+        header = json.loads(f.read(n))
+    return sum(math.prod(v["shape"]) for k, v in header.items() if k != "__metadata__")
+
+
+def describe(name: str) -> dict:
+    """The facts of the shipped prior ``name``: `PriorInfo` joined with its checkpoint's (network,
+    prediction type, schedule, parameters from the weights header, size on disk, training steps)."""
+    path = prior_path(name)
+    info = PRIORS[name]
+    cfg = json.loads((path / "config.json").read_text())
+    extra = cfg.get("extra") or {}
+    net = cfg["network"]["config"]
+    schedule = cfg.get("schedule") or {}
+    steps = int(cfg.get("step", 0))
+    return {
+        "name": name, "kind": info.kind, "description": info.description,
+        "parameters": weights_parameters(path / cfg["files"]["model"]),
+        "size_bytes": sum(p.stat().st_size for p in path.iterdir() if p.is_file()),
+        "network": f"{cfg['network']['type']} channels {list(net['channels'])}, {net['in_channels']} in",
+        "prediction": cfg.get("prediction_type"), "schedule": schedule.get("type"),
+        "training_data": info.data, "training_steps": info.steps_before + steps,
+        "training_runs": [info.steps_before, steps] if extra.get("init") else [steps],
+        "weights": extra.get("weights"), "nfe": info.nfe, "nfe_note": info.nfe_note, "path": str(path),
+    }
 
 
 def export_prior(run_checkpoint, out_dir, weights: str = "ema-corrected", overwrite: bool = False) -> Path:

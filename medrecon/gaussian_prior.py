@@ -84,6 +84,8 @@ class GaussianPrior:
         acp = alphas_cumprod(betas)
 
         def eps_fn(x: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
+            if torch.as_tensor(t).ndim == 1:  # a window: state x[k] at time t[k] (medrecon.solvers.paradigms)
+                return torch.stack([self.eps_hat(xk, self.abar_at(acp, tk)) for xk, tk in zip(x, t)])
             return self.eps_hat(x, self.abar_at(acp, t))
         return eps_fn
 

@@ -16,8 +16,8 @@ excluded), and ``metrics`` = ``{"nmse", "psnr", "ssim"}`` (fastMRI conventions) 
 fully sampled RSS image at the recon matrix for a fully sampled fastMRI file, against the input
 magnitudes for an image input, else ``null``; CT: ``{"rmse_hu", "psnr", "ssim"}``
 (`medrecon.ct.evaluate.ct_metrics`) against the scan's reference when it has one.
-``input_format`` is ``"fastmri"``, ``"dicom"``, ``"nifti"`` or (CT) ``"sinogram"``;
-``simulation`` is ``null`` for k-space inputs, else ``{"kind", "coils", "phase",
+``input_format`` is ``"fastmri"``, ``"ismrmrd"``, ``"twix"``, ``"dicom"``, ``"nifti"`` or (CT)
+``"sinogram"``; ``simulation`` is ``null`` for k-space inputs, else ``{"kind", "coils", "phase",
 "phase_encoding", "reference"}`` (CT: the dose simulation); ``seed`` is the sampling seed of
 diffusion methods (``null``: the default, `medrecon.registry.DEFAULT_SEED`).  CT records add
 ``"units": "HU"`` and ``"geometry"``.  ``prior`` digests the weights behind the ``checkpoint``
@@ -32,6 +32,8 @@ its study context, de-identified unless ``keep_phi``), for fastMRI the ISMRMRD r
 from __future__ import annotations
 
 import dataclasses
+import itertools
+import time
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -40,9 +42,9 @@ import numpy as np
 import torch
 from tqdm.auto import tqdm
 
-from medrecon.datasets.fastmri import FastMRIFile, center_crop
+from medrecon.datasets.fastmri import center_crop
 from medrecon.datasets.publish import printable
-from medrecon.inputs import parse_slices
+from medrecon.inputs import open_kspace, parse_slices
 from medrecon.metrics import evaluate
 from medrecon.outputs import (check_writable, input_paths, output_format, output_paths,
                               recon_affine, write_output)
@@ -73,7 +75,7 @@ def reconstruct_file(path, method: str = "cg-sense", mask: MaskSpec | None = Non
                      seed: int | None = None, out_format: str | None = None,
                      batch_size: int = 1, coils: int = 1, keep_phi: bool = False,
                      allow_irregular_spacing: bool = False, options=None, priors=None,
-                     **kwargs) -> dict[str, Any]:
+                     timings: dict[str, float] | None = None, **kwargs) -> dict[str, Any]:
     """Reconstruct the selected slices of a fastMRI file, DICOM MR series or NIfTI volume
     (`medrecon.inputs.input_kind`) with an MRI method, or of a CT scan (DICOM CT series or
     sinogram file, `medrecon.ct.inputs`) with a CT method; write ``out`` if given.
@@ -93,7 +95,13 @@ def reconstruct_file(path, method: str = "cg-sense", mask: MaskSpec | None = Non
     ``allow_irregular_spacing`` reads MRI image inputs whose slices are unevenly spaced
     (`medrecon.image_inputs.read_image_volume`).  ``priors``: the
     `medrecon.methods.priors.PriorCache` networks are loaded into and taken from (None: the
-    shared default; a `medrecon.Reconstructor` passes its own).
+    shared default; a `medrecon.Reconstructor` passes its own).  ``timings``: a dict filled
+    with the seconds of each stage (``read``, ``maps``, ``reconstruct``, ``write``;
+    `medrecon.bench.pipeline` reports them).
+
+    Slices stream: one batch of ``batch_size`` slices is read, reconstructed, reduced to its
+    recon-size magnitude and dropped before the next is read; only the magnitudes of the
+    volume are kept for the output.
     """
     from medrecon.ct.inputs import is_ct_input
     from medrecon.inputs import input_kind
@@ -122,15 +130,26 @@ def reconstruct_file(path, method: str = "cg-sense", mask: MaskSpec | None = Non
     else:
         run = _Runner(printable(Path(path).name), spec, opts, seed, device, progress,
                       batch_size, priors)
-        if input_kind(path) == "fastmri":
+        if input_kind(path) in ("fastmri", "ismrmrd", "twix"):  # k-space (medrecon.inputs)
             pred, record, affine, reference = _fastmri_volume(path, mask, slices, batch_size, run)
         else:
             pred, record, affine, reference = _image_volume(path, mask, slices, batch_size,
                                                             coils, run, allow_irregular_spacing)
+    t_write = time.perf_counter()
     if out is not None:
         record["output"] = str(write_output(out, pred, record, affine, fmt, overwrite,
                                             reference=reference, keep_phi=keep_phi))
+    if timings is not None:
+        timings.update(_stages(record, None if spec.modality == "ct" else run),
+                       write=time.perf_counter() - t_write)
     return record
+
+
+def _stages(record, run) -> dict[str, float]:
+    """Seconds of read / maps / reconstruct so far (CT: one reconstruct stage)."""
+    if run is None:
+        return {"read": 0.0, "maps": 0.0, "reconstruct": float(record["seconds"])}
+    return dict(run.stages)
 
 
 def resolved_options(spec, options=None, kwargs: dict[str, Any] | None = None):
@@ -174,6 +193,7 @@ class _Runner:
         self.diffusion = spec.kind == "diffusion"
         self.seconds, self.nfe, self.blank = 0.0, 0, 0
         self.used = options_to_dict(opts)
+        self.stages = {"read": 0.0, "maps": 0.0, "reconstruct": 0.0}  # seconds
 
     def _reconstruct(self, k, m, smaps):
         if self.device:
@@ -190,6 +210,9 @@ class _Runner:
         res = reconstruct(k, m.to(k.device), self.method, smaps=smaps, seed=self.seed,
                           callback=self.callback, priors=self.priors, options=self.opts)
         self.seconds += res.seconds
+        self.stages["maps"] += res.maps_seconds
+        self.stages["reconstruct"] += res.seconds - res.maps_seconds
+        res.smaps = None  # not kept: the next batch estimates its own
         self.nfe, self.used = res.nfe, res.options
         return k, res
 
@@ -205,14 +228,22 @@ class _Runner:
             steps = tqdm(total=est * runs if est else None, desc="  sampling", unit="step",
                          leave=False)
             self.callback = lambda i, x: steps.update(1)
+        batches = iter(batches)
         try:
-            for i, (batch, k, m, smaps) in enumerate(batches):
+            for i in itertools.count():
+                t0 = time.perf_counter()  # reading (and simulating) a batch: the read stage
+                item = next(batches, None)
+                self.stages["read"] += time.perf_counter() - t0
+                if item is None:
+                    break
+                batch, k, m, smaps = item
                 before = steps.n if steps is not None else 0
                 k, res = self._reconstruct(k, m, smaps)
                 if steps is not None and i == 0 and steps.n > before:  # the exact count
                         steps.total = (steps.n - before) * runs
                         steps.refresh()
                 yield batch, k, res
+                item = k = res = smaps = None  # one batch in memory: dropped before the next read
                 bar.update(len(batch))
             if self.blank == n_slices:
                 raise ValueError(f"k-space is all zero in every selected slice ({n_slices}); "
@@ -237,7 +268,7 @@ def _chunks(rows: range, batch_size: int):
 
 def _fastmri_volume(path, mask: MaskSpec, slices, batch_size: int, run: _Runner):
     """fastMRI k-space: the file's own mask, or retrospective undersampling scored against RSS."""
-    with FastMRIFile(path) as f:
+    with open_kspace(path) as f:  # fastMRI, ISMRMRD or twix: one reading interface
         rows = parse_slices(slices, f.num_slices)
         H, W = f.shape[-2:]
         own = f.mask
@@ -256,16 +287,18 @@ def _fastmri_volume(path, mask: MaskSpec, slices, batch_size: int, run: _Runner)
                 if not f.is_multicoil:
                     k = k.unsqueeze(1)
                 yield batch, (k[0] if batch_size == 1 else k), m, None
+                del k  # not held while the next batch is read
 
-        preds, refs = [], []
+        preds, refs = [], []  # recon-size magnitudes only (copies, not views of full images)
         for _, k, res in run(batches(), len(rows)):
-            preds.extend(center_crop(res.magnitude, crop).cpu().numpy().reshape(-1, *crop))
+            preds.extend(center_crop(res.magnitude, crop).cpu().numpy().reshape(-1, *crop).copy())
             if own is None:  # fully sampled input: the reference is its RSS image
-                refs.extend(center_crop(rss(ifft2c(k)), crop).cpu().numpy().reshape(-1, *crop))
+                refs.extend(center_crop(rss(ifft2c(k)), crop).cpu().numpy().reshape(-1, *crop).copy())
+            del k, res  # the batch's k-space and image go before the next batch is read
         pred = np.stack(preds).astype(np.float32)
         metrics = evaluate(np.stack(refs), pred) if refs else None
         record = run.record(path, rows, shape=list(f.shape), recon_size=list(crop),
-                            mask=mask_info, metrics=metrics, input_format="fastmri",
+                            mask=mask_info, metrics=metrics, input_format=f.input_format,
                             simulation=None)
         affine = recon_affine(f.header, crop, rows.start, f.num_slices)
     return pred, record, affine, None
@@ -290,6 +323,7 @@ def _image_volume(path, mask: MaskSpec, slices, batch_size: int, coils: int, run
                 yield batch, k[0], m, smaps
             else:
                 yield batch, k, m, smaps.expand(len(batch), *smaps.shape)
+            del k, smaps  # not held while the next batch is simulated
 
     preds = []
     for _, _, res in run(batches(), len(rows)):

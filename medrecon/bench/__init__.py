@@ -4,6 +4,7 @@
 - ``ct-operators``: CT projector/FBP timings against scikit-image (`ct_operators`);
 - ``solvers``: generic solvers' error vs NFE and DeepCache speed-up (`solver_problems`, `solvers`);
 - ``recon``: MRI reconstruction quality vs speed (`recon`: rows, run, report, merge, plots);
+- ``pipeline``: every stage of ``medrecon recon`` vs SigPy, peak memory (`pipeline`);
 - ``ct``: low-dose CT denoising quality and speed (`ct`, `ct_figures`).
 
 Shared: `timing` (wall-clock), `tables` (rendering and the atomic writer of every output),

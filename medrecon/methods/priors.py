@@ -28,7 +28,8 @@ from medrecon.builtin_priors import BUILTIN_PRIORS, resolve_checkpoint
 
 __all__ = ["VP_PRIOR", "HFS_PRIOR", "PriorCache", "DEFAULT_PRIORS", "checkpoint_dir", "checkpoint_key",
            "load_prior", "load_score_prior", "load_spirit_prior", "load_timestep_shifts", "is_vp_checkpoint",
-           "preload", "network_eps", "network_score", "support_mask", "zero_filled_scale"]
+           "preload", "network_eps", "network_score", "support_mask", "zero_filled_scale", "accelerated",
+           "CALIBRATION"]
 
 VP_PRIOR = "brain128-vp"  # the default checkpoint of the VP samplers
 HFS_PRIOR = "brain128-hfs"  # the default checkpoint of hfs-sde
@@ -187,7 +188,9 @@ def network_eps(model, grad: bool = False, support: torch.Tensor | None = None, 
         from medrecon.accel.deepcache import DeepCacheUNet
         from medrecon.models.wrapper import DiffusionModel
 
-        model = DiffusionModel(DeepCacheUNet(model.net, interval=int(cache)), model.schedule,
+        net = model.net  # an int8 / autocast wrapper (`accelerated`) keeps its place around DeepCache
+        fast = DeepCacheUNet(getattr(net, "unet", net), interval=int(cache))
+        model = DiffusionModel(net.wrap(fast) if hasattr(net, "wrap") else fast, model.schedule,
                                model.prediction_type)
     real = model.in_channels == 1
     from medrecon.models.padding import padded
@@ -196,11 +199,17 @@ def network_eps(model, grad: bool = False, support: torch.Tensor | None = None, 
     def f(x, t):
         xb = x.reshape(-1, *x.shape[-2:])
         xb = xb.unsqueeze(1) if real else xb
+        window = isinstance(t, torch.Tensor) and t.ndim == 1  # t[k] for x[k] (ParaDiGMS, solvers/paradigms.py)
+        if window and int(cache) > 1:
+            raise ValueError("option cache: DeepCache reuses the previous step's features; it does not combine "
+                             "with solver 'paradigms' (set cache=1)")
+        tb = t.repeat_interleave(xb.shape[0] // len(t)) if window else t
         with torch.set_grad_enabled(grad and torch.is_grad_enabled()):
-            e = (net_eps(xb, t).squeeze(1) if real else net_eps(xb, t)).reshape(x.shape)
+            e = (net_eps(xb, tb).squeeze(1) if real else net_eps(xb, tb)).reshape(x.shape)
             if support is not None:
                 sigma = torch.as_tensor(model.schedule.sigma(torch.as_tensor(t, device=x.device).detach()))
-                e = torch.where(support, e, x / sigma.to(x.real.dtype).reshape(-1, 1, 1).squeeze(0))
+                sigma = sigma.to(x.real.dtype).reshape(sigma.shape + (1,) * (x.ndim - sigma.ndim))
+                e = torch.where(support, e, x / sigma)
         return e
     return f
 
@@ -242,3 +251,71 @@ def zero_filled_scale(image: torch.Tensor) -> torch.Tensor:
     """Per-slice max |image| of a zero-filled image [..., H, W] (>= the smallest float): with
     ``normalize=True`` the methods divide k-space by it, the scale the priors are trained at."""
     return image.abs().flatten(-2).amax(-1).clamp_min(torch.finfo(torch.float32).tiny)
+
+
+# the small simulated set the int8 calibration runs the method on (`accelerated`): training seeds
+# (the held-out benches use >= 1000), the priors' training size, a 4x equispaced mask, 20 steps
+CALIBRATION = {"seeds": (0, 1), "size": 128, "coils": 8, "mask": ("equispaced_fraction", 4, 0.08), "steps": 20,
+               "calls": 64}
+
+
+def _calibration_set(device):
+    """(kspace [C, 2 size, size], mask, true coil maps) of each `CALIBRATION` seed."""
+    from medrecon.datasets.simulate_mri import simulate_mri_volume
+    from medrecon.physics.masks import make_mask
+
+    c = CALIBRATION
+    kind, acc, cf = c["mask"]
+    out = []
+    for seed in c["seeds"]:
+        v = simulate_mri_volume(1, c["coils"], (c["size"], c["size"]), 30.0, seed=seed)
+        k = torch.from_numpy(v["kspace"][0]).to(device)
+        out.append((k, make_mask(kind, tuple(k.shape[-2:]), acc, cf, seed=seed).to(device),
+                    torch.from_numpy(v["maps"]).to(device=device, dtype=k.dtype)))
+    return out
+
+
+def accelerated(model, method: str, opts, device, cache: PriorCache | None, default: str | None = VP_PRIOR):
+    """The model ``method`` samples with, by its options ``quantize`` and ``precision``.
+
+    ``quantize="int8"``: the U-Net's convs and linears int8 (`medrecon.accel.quantize`), calibrated
+    per timestep range on the network inputs of this very method (its own sampler, data step and
+    options, ``CALIBRATION["steps"]`` steps, float32) run on a small simulated set
+    (`CALIBRATION`), not on the input: the calibration is then the same for every input
+    (reproducible results, made once per checkpoint, method and options and held in ``cache``
+    like the prior), and the first slice pays no float pre-run at its own size.
+    ``precision="bf16"|"fp16"``: the network under autocast (`medrecon.accel.precision`)."""
+    import dataclasses
+
+    from medrecon.accel.precision import AutocastNet, check_precision
+    from medrecon.accel.quantize import check_quantize
+    from medrecon.models.wrapper import DiffusionModel
+
+    quant, prec = getattr(opts, "quantize", "off"), getattr(opts, "precision", "fp32")
+    check_quantize(quant, device, method)
+    dtype = check_precision(prec, device, method)
+    if quant == "int8":
+        float_opts = dataclasses.replace(opts, quantize="off", precision="fp32", **{
+            k: v for k, v in (("steps", CALIBRATION["steps"]), ("cache", 1)) if hasattr(opts, k)})
+        key = checkpoint_key("int8", checkpoint_dir(opts.checkpoint, method, default), device, method,
+                             repr(float_opts))
+        net = (DEFAULT_PRIORS if cache is None else cache).get(
+            key, lambda: _calibrate(model, method, float_opts, device, cache))
+        model = DiffusionModel(net, model.schedule, model.prediction_type)
+    if dtype is not None:
+        model = DiffusionModel(AutocastNet(model.net, dtype), model.schedule, model.prediction_type)
+    return model
+
+
+def _calibrate(model, method: str, float_opts, device, cache):
+    """`medrecon.accel.quantize.QuantizedNet` of ``model.net`` calibrated on ``method``'s own
+    trajectories over `_calibration_set` (Q-Diffusion's calibration, see that module)."""
+    from medrecon.accel.quantize import calibration_samples, quantize_unet
+    from medrecon.registry import get_method, seeded_generator
+
+    spec = get_method(method)
+
+    def run():
+        for k, m, maps in _calibration_set(device):
+            spec.fn(k, m, maps, float_opts, seeded_generator(0, device), priors=cache)
+    return quantize_unet(model.net, calibration_samples(run, model.net, CALIBRATION["calls"]))

@@ -21,8 +21,8 @@ from medrecon.posterior.hfs_sde import hfs_sde
 from medrecon.posterior.spirit_diffusion import spirit_diffusion
 from medrecon.registry import register_method, seeded_generator
 
-from .priors import (HFS_PRIOR, VP_PRIOR, load_score_prior, load_spirit_prior, network_eps, network_score,
-                     support_mask, zero_filled_scale)
+from .priors import (HFS_PRIOR, VP_PRIOR, accelerated, load_score_prior, load_spirit_prior, network_eps,
+                     network_score, support_mask, zero_filled_scale)
 
 __all__ = ["HFSSDEOptions", "SpiritDiffusionOptions"]
 
@@ -40,6 +40,8 @@ class HFSSDEOptions:
     tweedie: bool = True  # last step: Tweedie's E[x0 | x_t] instead of the Euler-Maruyama mean
     normalize: bool = True
     support: bool = True  # x0 = 0 where the coil maps are 0 (priors.support_mask)
+    quantize: str = "off"  # "int8": the U-Net's convs/linears int8, calibrated per timestep range (accel/quantize.py)
+    precision: str = "fp32"  # "bf16" | "fp16": the network under autocast (accel/precision.py)
 
 
 @register_method("hfs-sde", HFSSDEOptions, "HFS-SDE: diffusion on the high frequencies, low frequencies "
@@ -50,6 +52,7 @@ def _hfs_sde(kspace, mask, smaps, opts, generator, callback=None, priors=None):
     if smaps is None:
         raise ValueError("method 'hfs-sde' needs coil sensitivities (smaps)")
     model, extra = load_score_prior(opts.checkpoint, kspace.device, "hfs-sde", HFS_PRIOR, cache=priors)
+    model = accelerated(model, "hfs-sde", opts, kspace.device, priors, HFS_PRIOR)
     sde = HFSSDE.from_dict(extra["hfs"]) if isinstance(extra.get("hfs"), dict) else HFSSDE()
     if opts.acs:
         sde = HFSSDE(int(opts.acs), sde.beta_min, sde.beta_max, sde.region)
@@ -82,6 +85,8 @@ class SpiritDiffusionOptions:
     kernel_width: int = 7  # the repo's; narrower (odd, >= 3) when the mask has fewer central lines
     normalize: bool = True
     support: bool = True  # VP prior: rho = 0 where the coil maps are 0 (priors.support_mask)
+    quantize: str = "off"  # "int8": the U-Net's convs/linears int8, calibrated per timestep range (accel/quantize.py)
+    precision: str = "fp32"  # "bf16" | "fp16": the network under autocast (accel/precision.py)
 
 
 @register_method("spirit-diffusion", SpiritDiffusionOptions, "SPIRiT-Diffusion: per-coil SDE with the SPIRiT "
@@ -97,6 +102,7 @@ def _spirit_diffusion(kspace, mask, smaps, opts, generator, callback=None, prior
     if smaps is None:
         raise ValueError("method 'spirit-diffusion' needs coil sensitivities (smaps)")
     model, _ = load_spirit_prior(opts.checkpoint, kspace.device, cache=priors)
+    model = accelerated(model, "spirit-diffusion", opts, kspace.device, priors)
     vp = getattr(model.schedule, "betas", None) is not None  # a VP image prior (else per-coil VE scores)
     acs = acs_width(mask)
     kw = opts.kernel_width if acs >= opts.kernel_width else acs - (1 - acs % 2)  # the largest odd width <= acs

@@ -35,7 +35,8 @@ from medrecon.posterior.dps import dps
 from medrecon.posterior.score_mri import score_mri, score_mri_hybrid, score_mri_ssos
 from medrecon.registry import register_method, seeded_generator
 
-from .priors import VP_PRIOR, load_prior, load_timestep_shifts, network_eps, support_mask, zero_filled_scale
+from .priors import (VP_PRIOR, accelerated, load_prior, load_timestep_shifts, network_eps, support_mask,
+                     zero_filled_scale)
 
 __all__ = ["DDSOptions", "DDNMOptions", "DiffPIROptions", "DPSOptions", "CCDFOptions", "ScoreMRIOptions",
            "SCORE_MRI_VARIANTS", "TIMESTEP_SHIFTS"]
@@ -47,6 +48,7 @@ def _setup(kspace, mask, smaps, opts, generator, method, priors, need_complex=Tr
     if smaps is None:
         raise ValueError(f"method {method!r} needs coil sensitivities (smaps)")
     model, betas = load_prior(opts.checkpoint, kspace.device, method, cache=priors)
+    model = accelerated(model, method, opts, kspace.device, priors)
     if need_complex and model.in_channels != 2:
         raise ValueError(f"method {method!r}: checkpoint {opts.checkpoint!r} has {model.in_channels} input "
                          f"channel(s); a complex-image (2-channel) prior is required")
@@ -93,6 +95,8 @@ class DDSOptions:
     solver: str = "ddim"  # "ddim": the DDS/DDNM reference update (posterior/ddim_dc.py); else a generic solver
     normalize: bool = True
     support: bool = True  # x0 = 0 where the coil maps are 0 (priors.support_mask)
+    quantize: str = "off"  # "int8": the U-Net's convs/linears int8, calibrated per timestep range (accel/quantize.py)
+    precision: str = "fp32"  # "bf16" | "fp16": the network under autocast (accel/precision.py)
     cache: int = 1  # DeepCache interval: every cache-th network call is a full pass (1 = off)
     timestep_shifts: str = "on"  # the checkpoint's tuned shifts, when stored for this grid ("off": never)
 
@@ -116,6 +120,8 @@ class DDNMOptions:
     solver: str = "ddim"  # "ddim": the DDNM reference update (posterior/ddim_dc.py); else a generic solver
     normalize: bool = True
     support: bool = True  # x0 = 0 where the coil maps are 0 (priors.support_mask)
+    quantize: str = "off"  # "int8": the U-Net's convs/linears int8, calibrated per timestep range (accel/quantize.py)
+    precision: str = "fp32"  # "bf16" | "fp16": the network under autocast (accel/precision.py)
     cache: int = 1  # DeepCache interval: every cache-th network call is a full pass (1 = off)
     timestep_shifts: str = "on"  # the checkpoint's tuned shifts, when stored for this grid ("off": never)
 
@@ -140,6 +146,8 @@ class DiffPIROptions:
     cg_iters: int = 10
     normalize: bool = True
     support: bool = True  # x0 = 0 where the coil maps are 0 (priors.support_mask)
+    quantize: str = "off"  # "int8": the U-Net's convs/linears int8, calibrated per timestep range (accel/quantize.py)
+    precision: str = "fp32"  # "bf16" | "fp16": the network under autocast (accel/precision.py)
     cache: int = 1  # DeepCache interval: every cache-th network call is a full pass (1 = off)
     timestep_shifts: str = "on"  # the checkpoint's tuned shifts, when stored for this grid ("off": never)
 
@@ -162,6 +170,8 @@ class DPSOptions:
     eta: float = 1.0
     normalize: bool = True
     support: bool = True  # x0 = 0 where the coil maps are 0 (priors.support_mask)
+    quantize: str = "off"  # "int8": the U-Net's convs/linears int8, calibrated per timestep range (accel/quantize.py)
+    precision: str = "fp32"  # "bf16" | "fp16": the network under autocast (accel/precision.py)
 
 
 @register_method("dps", DPSOptions, "DPS: gradient through the network (Chung et al. ICLR 2023)",
@@ -186,6 +196,8 @@ class CCDFOptions:
     cg_iters: int = 10
     normalize: bool = True
     support: bool = True  # x0 = 0 where the coil maps are 0 (priors.support_mask)
+    quantize: str = "off"  # "int8": the U-Net's convs/linears int8, calibrated per timestep range (accel/quantize.py)
+    precision: str = "fp32"  # "bf16" | "fp16": the network under autocast (accel/precision.py)
     cache: int = 1  # DeepCache interval: every cache-th network call is a full pass (1 = off)
     timestep_shifts: str = "on"  # the checkpoint's tuned shifts, when stored for this grid ("off": never)
 
@@ -214,6 +226,8 @@ class ScoreMRIOptions:
     lam_end: float = 0.2  # ... to lam_end
     normalize: bool = True
     support: bool = True  # x0 = 0 where the coil maps are 0 (priors.support_mask)
+    quantize: str = "off"  # "int8": the U-Net's convs/linears int8, calibrated per timestep range (accel/quantize.py)
+    precision: str = "fp32"  # "bf16" | "fp16": the network under autocast (accel/precision.py)
 
 
 SCORE_MRI_VARIANTS = ("ssos", "sense", "hybrid")
@@ -241,6 +255,7 @@ def _score_mri(kspace, mask, smaps, opts, generator, callback=None, priors=None)
                                       real_imag=model.in_channels == 1, **kw)
         return x * s, nfe
     model, betas = load_prior(opts.checkpoint, kspace.device, "score-mri", cache=priors)
+    model = accelerated(model, "score-mri", opts, kspace.device, priors)
     s = torch.ones(kspace.shape[:-3], device=kspace.device)
     if opts.normalize:
         s = zero_filled_scale(rss(ifft2c(kspace)))

@@ -56,11 +56,12 @@ def check_common(operator, y, steps, n_train: int, generator, name: str = "y") -
 
 
 def counted(eps_fn: Callable) -> tuple[Callable, list]:
-    """``eps_fn`` wrapped to count its calls in ``box[0]`` (a host int: no device sync)."""
+    """``eps_fn`` wrapped to count its evaluations in ``box[0]`` (a host int: no device sync): one per
+    call, or len(t) for a window call with 1-D ``t`` (ParaDiGMS, `medrecon.solvers.paradigms`)."""
     box = [0]
 
     def f(x, t):
-        box[0] += 1
+        box[0] += t.numel() if isinstance(t, torch.Tensor) and t.ndim == 1 else 1
         return eps_fn(x, t)
     return f, box
 

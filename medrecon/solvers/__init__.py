@@ -9,7 +9,8 @@ from .ddim import ddim
 from .ddpm import ddpm
 from .dpm_solver import dpm_solver_pp
 from .euler import euler, heun
+from .paradigms import paradigms
 from .pndm import pndm, pndm_timesteps
 from .unipc import unipc
 
-__all__ = ["predict_x0", "ddim", "ddpm", "dpm_solver_pp", "euler", "heun", "pndm", "pndm_timesteps", "unipc"]
+__all__ = ["predict_x0", "ddim", "ddpm", "dpm_solver_pp", "euler", "heun", "paradigms", "pndm", "pndm_timesteps", "unipc"]

@@ -8,6 +8,8 @@ COMMANDS = {
     "operators": "medrecon.bench.commands.operators",
     "solvers": "medrecon.bench.commands.solvers",
     "recon": "medrecon.bench.commands.recon",
+    "pipeline": "medrecon.bench.commands.pipeline",
     "ct": "medrecon.bench.commands.ct",
     "ct-operators": "medrecon.bench.commands.ct_operators",
+    "accel": "medrecon.bench.commands.accel",
 }
