@@ -7,6 +7,9 @@ how exactly is in ``docs/priors.md``.
 - ``brain128-vp``:  VP eps complex-image prior (recipe ``vp``) -- the default of the VP samplers
   (dds, ddnm, diffpir, dps, ccdf, score-mri, spirit-diffusion).
 - ``brain128-hfs``: HFS-SDE prior (recipe ``hfs``, acs 10) -- the default of hfs-sde.
+- ``brain128-ddgan``: denoising-diffusion-GAN generator (recipe ``ddgan``, T = 4; a DDGAN checkpoint
+  directory: ``config.json`` + ``generator.safetensors`` (EMA weights) + ``discriminator.safetensors``)
+  -- the default of fdmr.
 
 The name says the network's 128x128 training windows, not the image size: both were trained on
 128x128 brains and then fine-tuned on windows of 128-384 recon matrices (``--recipe-option
@@ -24,13 +27,16 @@ from dataclasses import dataclass
 from pathlib import Path
 
 __all__ = ["BUILTIN_PRIORS", "PRIORS", "PriorInfo", "prior_path", "resolve_checkpoint", "describe",
-           "weights_parameters", "export_prior"]
+           "weights_parameters", "export_prior", "export_ddgan"]
 
 _ROOT = Path(__file__).resolve().parent / "priors"
 
 _BRAIN = ("simulated multi-coil brain (MNI152 simulator, training seeds): 128 slices at 128x128, then "
           "36 slices per recon matrix 128, 192, 256, 320, 384 (T1/T2/PD/FLAIR), ESPIRiT-SENSE combined, "
           "normalised by the zero-filled maximum; 128x128 windows")
+_BRAIN_MS = ("simulated multi-coil brain (MNI152 simulator, training seeds): 36 slices per recon matrix 128, "
+             "192, 256, 320, 384 (T1/T2/PD/FLAIR), ESPIRiT-SENSE combined, normalised by the zero-filled "
+             "maximum; 128x128 windows")
 
 
 @dataclass(frozen=True)
@@ -51,6 +57,10 @@ PRIORS: dict[str, PriorInfo] = {
     "brain128-hfs": PriorInfo(
         "hfs", "HFS-SDE score prior of the high frequencies, M_L = 10 central lines, VE sigma 1e-3..1 "
         "(recipe hfs)", _BRAIN, 4751, 2000, "hfs-sde: N = 1000 predictor steps + 1 corrector each"),
+    "brain128-ddgan": PriorInfo(
+        "ddgan", "denoising diffusion GAN generator (Xiao et al., ICLR 2022), T = 4 VP steps, z_dim 32 "
+        "(recipe ddgan)", _BRAIN_MS, 0, 4,
+        "fdmr: T = 4 generator steps, then early-stopped adaptation and refinement (10-20 NFE)"),
 }
 
 BUILTIN_PRIORS: dict[str, str] = {name: info.description for name, info in PRIORS.items()}
@@ -61,8 +71,11 @@ def prior_path(name: str) -> Path:
     if name not in BUILTIN_PRIORS:
         raise ValueError(f"unknown builtin prior {name!r}; builtin priors: {', '.join(BUILTIN_PRIORS)}")
     path = _ROOT / name
-    if not (path / "config.json").is_file() or not (path / "model.safetensors").is_file():
-        raise FileNotFoundError(f"builtin prior {name!r}: {path} lacks config.json / model.safetensors "
+    weights = ("generator.safetensors", "discriminator.safetensors") if PRIORS[name].kind == "ddgan" \
+        else ("model.safetensors",)
+    missing = [f for f in ("config.json",) + weights if not (path / f).is_file()]
+    if missing:
+        raise FileNotFoundError(f"builtin prior {name!r}: {path} lacks {', '.join(missing)} "
                                 f"(a broken medrecon installation?)")
     return path
 
@@ -99,12 +112,17 @@ def describe(name: str) -> dict:
     info = PRIORS[name]
     cfg = json.loads((path / "config.json").read_text())
     extra = cfg.get("extra") or {}
+    steps = int(cfg.get("step", 0))
+    if info.kind == "ddgan":
+        unet = cfg["config"]["unet"]
+        cfg = {**cfg, "network": {"type": "monai.UNet + AdaGN (generator)", "config": unet},
+               "prediction_type": "x0 (generator)", "schedule": {"type": f"vp, T = {cfg['config']['num_steps']}"}}
     net = cfg["network"]["config"]
     schedule = cfg.get("schedule") or {}
-    steps = int(cfg.get("step", 0))
+    weights = cfg["files"].get("model") or cfg["files"]["generator"]
     return {
         "name": name, "kind": info.kind, "description": info.description,
-        "parameters": weights_parameters(path / cfg["files"]["model"]),
+        "parameters": weights_parameters(path / weights),
         "size_bytes": sum(p.stat().st_size for p in path.iterdir() if p.is_file()),
         "network": f"{cfg['network']['type']} channels {list(net['channels'])}, {net['in_channels']} in",
         "prediction": cfg.get("prediction_type"), "schedule": schedule.get("type"),
@@ -150,3 +168,19 @@ def export_prior(run_checkpoint, out_dir, weights: str = "ema-corrected", overwr
     extra.update(source_step=int(ck.step), weights=weights)
     return save_checkpoint(out_dir, model, {"network": ck.network_config, **extra}, step=ck.step,
                            overwrite=overwrite)
+
+
+def export_ddgan(run_checkpoint, out_dir, overwrite: bool = False) -> Path:
+    """Write a DDGAN training checkpoint as a shippable prior: the EMA generator weights as
+    ``generator.safetensors`` (the loader needs the small discriminator too), no EMA copy, no optimizer
+    state; ``extra`` keeps the run's options (``data`` reduced to its file name) plus ``source_step``."""
+    from medrecon.models.ddgan import load_ddgan, save_ddgan
+
+    ck = load_ddgan(run_checkpoint)
+    if ck.ema is None:
+        raise ValueError(f"{run_checkpoint}: no EMA weights to export")
+    ck.generator.load_state_dict(ck.ema)
+    extra = {**ck.extra, "source_step": ck.step, "weights": "ema"}
+    if extra.get("data"):
+        extra["data"] = Path(str(extra["data"])).name
+    return save_ddgan(out_dir, ck.generator, ck.discriminator, step=ck.step, extra=extra, overwrite=overwrite)

@@ -15,7 +15,7 @@ from typing import Callable
 
 __all__ = ["Recipe", "all_recipes", "get_recipe"]
 
-_MODULES = ("mri", "ddgan", "ct")
+_MODULES = ("mri", "ddgan", "ct", "distill")
 
 
 @dataclass(frozen=True)

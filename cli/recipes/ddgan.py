@@ -14,7 +14,9 @@ R1 (``r1_gamma``, every ``lazy_reg`` steps), ``lambda_rec`` L1 on x0, EMA ``--em
 Recipe options (``--recipe-option KEY=VALUE``): ``volumes`` (48), ``slices`` (4), ``data_seed`` (0),
 ``size`` (128), ``threads`` (0 = unchanged), ``T`` (4), ``z_dim`` (32), ``lambda_rec`` (1.0),
 ``r1_gamma`` (0.05), ``lazy_reg`` (4), ``lr_d`` (2e-4), ``max_minutes`` (0 = no limit; stops and
-checkpoints when the wall-clock budget is spent; running the command again resumes).
+checkpoints when the wall-clock budget is spent; running the command again resumes), ``scales``
+(1: the MRI recipes' multi-scale data, recon matrices 128..384, ``cli/recipes/mri_scales.py``;
+``--data`` then takes its ``multiscale.pt``).
 Defaults: ``--steps 3000 --batch-size 8 --lr 3e-4`` (generator).  Example::
 
     medrecon train --recipe ddgan --out runs/ddgan128 --save-every 100 \
@@ -32,7 +34,7 @@ _DEFAULTS = {"preset": "brain128", "steps": 3000, "batch_size": 8, "lr": 3e-4}
 _OPTIONS: dict[str, tuple[type, float]] = {
     "volumes": (int, 48), "slices": (int, 4), "data_seed": (int, 0), "size": (int, 128), "threads": (int, 0),
     "T": (int, 4), "z_dim": (int, 32), "lambda_rec": (float, 1.0), "r1_gamma": (float, 0.05),
-    "lazy_reg": (int, 4), "lr_d": (float, 2e-4), "max_minutes": (float, 0.0),
+    "lazy_reg": (int, 4), "lr_d": (float, 2e-4), "max_minutes": (float, 0.0), "scales": (int, 0),
 }
 
 
@@ -57,6 +59,8 @@ def _options(args) -> dict:
     for key in ("lambda_rec", "r1_gamma", "max_minutes"):
         if opts[key] < 0:
             raise ValueError(f"--recipe-option {key}: expected >= 0, got {opts[key]}")
+    if opts["scales"] not in (0, 1):
+        raise ValueError(f"--recipe-option scales: expected 0 or 1, got {opts['scales']}")
     if opts["lr_d"] <= 0:
         raise ValueError(f"--recipe-option lr_d: expected > 0, got {opts['lr_d']}")
     return opts

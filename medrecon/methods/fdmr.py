@@ -3,15 +3,15 @@ generator's checkpoint, the optional VP refinement prior, the ``normalize`` scal
 sampler and its options (`FDMROptions`) are `medrecon.posterior.fdmr`."""
 from __future__ import annotations
 
-from pathlib import Path
-
 import torch
 
+from medrecon.builtin_priors import resolve_checkpoint
 from medrecon.physics.mri import MultiCoilMRI
 from medrecon.posterior.fdmr import FDMROptions, fdmr
 from medrecon.registry import register_method, seeded_generator
 
-from .priors import DEFAULT_PRIORS, PriorCache, checkpoint_key, load_prior, network_eps, zero_filled_scale
+from .priors import (DDGAN_PRIOR, DEFAULT_PRIORS, PriorCache, checkpoint_key, load_prior, network_eps,
+                     zero_filled_scale)
 
 __all__ = ["load_fdmr_generator"]
 
@@ -24,10 +24,7 @@ def load_fdmr_generator(checkpoint: str, device: torch.device, use_ema: bool = T
     from medrecon.models.ddgan import load_generator
     from medrecon.models.train import latest_checkpoint
 
-    if not checkpoint:
-        raise ValueError("method 'fdmr' needs the option checkpoint=<DDGAN checkpoint directory> (train one "
-                         "with `medrecon train --recipe ddgan --out DIR`; the demo run is runs/fdmr/ddgan128)")
-    path = Path(checkpoint)
+    path = resolve_checkpoint(checkpoint or "", DDGAN_PRIOR)  # "": the shipped generator
     if not (path / "config.json").is_file():
         last = latest_checkpoint(path)
         if last is None:
@@ -38,16 +35,14 @@ def load_fdmr_generator(checkpoint: str, device: torch.device, use_ema: bool = T
         checkpoint_key("ddgan", path, device, bool(use_ema)),
         lambda: load_generator(path, map_location=device, use_ema=use_ema).requires_grad_(False))
 
-
 def _refine_prior(name: str, device: torch.device, cache: PriorCache | None):
     """(eps_fn, betas) of a VP eps checkpoint given as a path or a builtin prior name."""
     model, betas = load_prior(name, device, "fdmr", cache=cache)
     return network_eps(model), betas
 
-
 @register_method("fdmr", FDMROptions, "FDMR: DDGAN prior, fast DC'd generation + early-stopped per-slice "
-                 "adaptation + refinement (MRI 2025); needs checkpoint= (a DDGAN run)", needs_smaps=True,
-                 kind="diffusion")
+                 "adaptation + refinement (MRI 2025); shipped DDGAN brain128-ddgan", needs_smaps=True,
+                 kind="diffusion", prior=DDGAN_PRIOR)
 def _fdmr(kspace, mask, smaps, opts, generator, callback=None, priors=None):
     if smaps is None:
         raise ValueError("method 'fdmr' needs coil sensitivities (smaps)")

@@ -24,15 +24,16 @@ from typing import Any, Callable
 
 import torch
 
-from medrecon.builtin_priors import BUILTIN_PRIORS, resolve_checkpoint
+from medrecon.builtin_priors import BUILTIN_PRIORS, PRIORS, resolve_checkpoint
 
-__all__ = ["VP_PRIOR", "HFS_PRIOR", "PriorCache", "DEFAULT_PRIORS", "checkpoint_dir", "checkpoint_key",
+__all__ = ["VP_PRIOR", "HFS_PRIOR", "DDGAN_PRIOR", "PriorCache", "DEFAULT_PRIORS", "checkpoint_dir", "checkpoint_key",
            "load_prior", "load_score_prior", "load_spirit_prior", "load_timestep_shifts", "is_vp_checkpoint",
            "preload", "network_eps", "network_score", "support_mask", "zero_filled_scale", "accelerated",
            "CALIBRATION"]
 
 VP_PRIOR = "brain128-vp"  # the default checkpoint of the VP samplers
 HFS_PRIOR = "brain128-hfs"  # the default checkpoint of hfs-sde
+DDGAN_PRIOR = "brain128-ddgan"  # the default checkpoint of fdmr (a DDGAN generator)
 
 
 class PriorCache:
@@ -169,6 +170,8 @@ def preload(spec, opts, device, cache: PriorCache) -> None:
     load theirs on their first run (into the cache they are given)."""
     if spec.kind != "diffusion" or spec.prior is None or not hasattr(opts, "checkpoint"):
         return
+    if spec.prior in BUILTIN_PRIORS and PRIORS[spec.prior].kind == "ddgan":
+        return  # a DDGAN generator, not a model checkpoint: fdmr loads it on its first run
     _model(checkpoint_dir(opts.checkpoint, spec.name, spec.prior), device, cache)
 
 

@@ -35,6 +35,7 @@ from medrecon.posterior.dps import dps
 from medrecon.posterior.score_mri import score_mri, score_mri_hybrid, score_mri_ssos
 from medrecon.registry import register_method, seeded_generator
 
+from .distilled import check_distilled
 from .priors import (VP_PRIOR, accelerated, load_prior, load_timestep_shifts, network_eps, support_mask,
                      zero_filled_scale)
 
@@ -48,6 +49,7 @@ def _setup(kspace, mask, smaps, opts, generator, method, priors, need_complex=Tr
     if smaps is None:
         raise ValueError(f"method {method!r} needs coil sensitivities (smaps)")
     model, betas = load_prior(opts.checkpoint, kspace.device, method, cache=priors)
+    check_distilled(opts, method, len(betas))  # a distilled student runs on its own grid only
     model = accelerated(model, method, opts, kspace.device, priors)
     if need_complex and model.in_channels != 2:
         raise ValueError(f"method {method!r}: checkpoint {opts.checkpoint!r} has {model.in_channels} input "
@@ -255,6 +257,7 @@ def _score_mri(kspace, mask, smaps, opts, generator, callback=None, priors=None)
                                       real_imag=model.in_channels == 1, **kw)
         return x * s, nfe
     model, betas = load_prior(opts.checkpoint, kspace.device, "score-mri", cache=priors)
+    check_distilled(opts, "score-mri", len(betas))
     model = accelerated(model, "score-mri", opts, kspace.device, priors)
     s = torch.ones(kspace.shape[:-3], device=kspace.device)
     if opts.normalize:

@@ -43,7 +43,7 @@ __all__ = ["FDMROptions", "fdmr", "adapt", "holdout_masks"]
 
 @dataclass
 class FDMROptions:
-    checkpoint: str = ""  # a DDGAN checkpoint directory, or a training run folder (latest step-*)
+    checkpoint: str = ""  # "": the shipped brain128-ddgan; a builtin name, a DDGAN checkpoint or a run folder
     ema: bool = True  # the EMA generator weights when the checkpoint has them
     generation: bool = True
     init: str = "zero-filled"  # or "cg-sense"

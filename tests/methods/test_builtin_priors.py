@@ -7,12 +7,12 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
-from medrecon.builtin_priors import BUILTIN_PRIORS, prior_path, resolve_checkpoint
+from medrecon.builtin_priors import BUILTIN_PRIORS, PRIORS, prior_path, resolve_checkpoint
 from medrecon.models.checkpoint import load_checkpoint, load_model
 from medrecon.models.networks import build_unet, preset
 
 
-@pytest.mark.parametrize("name", list(BUILTIN_PRIORS))
+@pytest.mark.parametrize("name", [n for n in BUILTIN_PRIORS if PRIORS[n].kind != "ddgan"])
 def test_shipped_files_load_and_match_config(name):
     path = prior_path(name)
     assert sorted(p.name for p in path.iterdir()) == ["config.json", "model.safetensors"]
@@ -33,6 +33,23 @@ def test_shipped_files_load_and_match_config(name):
     else:
         assert model.prediction_type == "score" and ck.extra["objective"] == "hfs"
         assert ck.extra["hfs"] == {"type": "hfs", "acs": 10, "beta_min": 0.1, "beta_max": 20.0, "region": "lines"}
+
+
+def test_shipped_ddgan_is_the_generator_fdmr_loads():
+    """``brain128-ddgan``: safetensors + JSON only, EMA generator weights (no optimizer, no EMA copy),
+    the ``brain128`` U-Net inside, finite weights, T = 4; FDMR's default checkpoint."""
+    from medrecon.methods.fdmr import load_fdmr_generator
+    from medrecon.models.ddgan import load_ddgan
+
+    path = prior_path("brain128-ddgan")
+    assert sorted(p.name for p in path.iterdir()) == ["config.json", "discriminator.safetensors",
+                                                      "generator.safetensors"]
+    ck = load_ddgan(path)
+    assert ck.opt_g is None and ck.opt_d is None and ck.ema is None and ck.extra["weights"] == "ema"
+    assert ck.extra["source_step"] == ck.step > 0 and ck.config.num_steps == 4
+    assert all(torch.isfinite(w).all() for w in load_file(str(path / "generator.safetensors")).values())
+    G = load_fdmr_generator("", torch.device("cpu"))
+    assert not any(p.requires_grad for p in G.parameters())
 
 
 def test_names_and_errors(tmp_path):

@@ -152,8 +152,6 @@ def test_registered_method_runs_through_reconstruct(tmp_path, G):
                 refine_t0=0.1)
     res = medrecon.reconstruct(y, mask, "fdmr", smaps=s, seed=0, **opts)
     assert res.nfe == TINY.num_steps + 2 and torch.isfinite(res.image.abs()).all()
-    with pytest.raises(ValueError, match="checkpoint="):
-        medrecon.reconstruct(y, mask, "fdmr", smaps=s)
     with pytest.raises(ValueError, match="neither a DDGAN"):
         medrecon.reconstruct(y, mask, "fdmr", smaps=s, checkpoint=str(tmp_path))
 
@@ -178,3 +176,12 @@ def test_bad_input_errors(G):
         fdmr(G, y1, torch.ones(1, 16), torch.ones(2, 1, 16, dtype=torch.complex64), g)
     with pytest.raises(ValueError, match="generator"):
         fdmr(G, y, mask, s, 0)
+
+
+def test_runs_on_the_shipped_generator_by_default():
+    """No checkpoint option: FDMR loads the shipped ``brain128-ddgan`` (any image size: padded to the
+    U-Net's multiple and cropped back) and gives a finite image."""
+    x, s, mask, y = _problem(coils=2)
+    res = medrecon.reconstruct(y, mask, "fdmr", smaps=s, seed=0, adapt_iters=2)
+    assert res.image.shape == (H, W) and torch.isfinite(res.image.abs()).all()
+    assert get_method("fdmr").prior == "brain128-ddgan"

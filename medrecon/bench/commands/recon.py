@@ -53,8 +53,8 @@ def add_arguments(p) -> None:
     p.add_argument("--fov", default="full", choices=FOVS, help="full: reconstruct the readout-oversampled grid "
                    "and crop (as medrecon recon); crop: remove the oversampling first")
     p.add_argument("--sample-seed", type=int, default=0, help="seed of the diffusion samplers")
-    p.add_argument("--fdmr-checkpoint", default=None, help="DDGAN checkpoint for the fdmr rows (no DDGAN "
-                   "ships with medrecon: without it fdmr is left out of the default methods)")
+    p.add_argument("--fdmr-checkpoint", default=None, help="DDGAN checkpoint for the fdmr rows (default: the "
+                   "shipped brain128-ddgan)")
     p.add_argument("--option", "-o", action="append", default=[], metavar="[METHOD.]KEY=VALUE",
                    help="method option, repeatable (e.g. -o dds.checkpoint=DIR)")
     p.add_argument("--quick", action="store_true", help="tiny run: 1 slice, 2 masks, NFE 10, two solvers, N = 10 "
@@ -94,9 +94,7 @@ def main(args=None) -> int:
         torch.set_num_threads(int(args.threads))
     registered = {s.name for s in list_methods()}
     fdmr_ckpt = args.fdmr_checkpoint
-    families = split_list(args.methods) if args.methods else [
-        m for m in DEFAULT_FAMILIES if m in registered and (m != "fdmr" or fdmr_ckpt
-                                                           or any(o.startswith("fdmr.") for o in args.option))]
+    families = split_list(args.methods) if args.methods else [m for m in DEFAULT_FAMILIES if m in registered]
     masks = split_list(args.masks)
     for m in masks:
         parse_mask(m)

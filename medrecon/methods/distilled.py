@@ -1,0 +1,48 @@
+"""Distilled checkpoints run on the grid they were distilled for, or not at all.
+
+A student of progressive distillation (`medrecon.models.distill`, Salimans & Ho, ICLR 2022, Alg. 2)
+has learnt one step per interval of one grid: its config.json ``extra["distilled"]`` holds ``steps``
+(K) and ``grid`` (the K + 1 times of ``medrecon.posterior.ddim_dc.grid(K, T)``).  On any other grid
+its eps is that of no model, so the VP methods call `check_distilled` after loading the prior:
+DDIM-with-DC methods (dds, ddnm, diffpir, ccdf; solver "ddim" or "paradigms", which share the grid)
+must ask for exactly those times (ccdf runs its tail); any other method or solver is refused.
+"""
+from __future__ import annotations
+
+from medrecon.models.checkpoint import read_config_json
+from medrecon.posterior.ddim_dc import grid
+
+from .priors import VP_PRIOR, checkpoint_dir
+
+__all__ = ["GRID_METHODS", "GRID_SOLVERS", "distilled_info", "check_distilled"]
+
+GRID_METHODS = ("dds", "ddnm", "diffpir", "ccdf")  # the DDIM-with-DC update on ddim_dc.grid(steps, T)
+GRID_SOLVERS = ("ddim", "paradigms")
+
+
+def distilled_info(checkpoint: str, method: str, default: str | None = VP_PRIOR) -> dict | None:
+    """``extra["distilled"]`` of the checkpoint (builtin name or directory), None when not distilled."""
+    cfg = read_config_json(checkpoint_dir(checkpoint, method, default))
+    extra = cfg.get("extra") if isinstance(cfg, dict) else None
+    info = extra.get("distilled") if isinstance(extra, dict) else None
+    return info if isinstance(info, dict) else None
+
+
+def check_distilled(opts, method: str, n_train: int, default: str | None = VP_PRIOR) -> None:
+    """Raise a ValueError when ``opts.checkpoint`` is distilled for another grid than the one ``method``
+    with ``opts.steps`` (and ``opts.solver``) samples on (module docstring)."""
+    info = distilled_info(opts.checkpoint, method, default)
+    if info is None:
+        return
+    name, steps, want = opts.checkpoint or default, info.get("steps"), info.get("grid")
+    if not isinstance(want, list) or not all(isinstance(t, int) for t in want):
+        raise ValueError(f"method {method!r}: checkpoint {name!r} has a malformed extra.distilled.grid {want!r}")
+    solver = getattr(opts, "solver", "ddim")
+    if method not in GRID_METHODS or solver not in GRID_SOLVERS:
+        raise ValueError(f"method {method!r} (solver {solver!r}): checkpoint {name!r} is distilled for {steps} "
+                         f"DDIM steps on the grid {want}; it runs only with methods {', '.join(GRID_METHODS)} "
+                         f"and solver 'ddim' (or 'paradigms') at steps={steps}")
+    asked = [int(t) for t in grid(opts.steps, n_train)]
+    if asked != want:
+        raise ValueError(f"method {method!r}: checkpoint {name!r} is distilled for steps={steps} (grid {want}), "
+                         f"but steps={opts.steps} asks for the grid {asked}; run it with steps={steps}")
