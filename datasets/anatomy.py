@@ -155,9 +155,12 @@ def axial_slices(anatomy: Anatomy, z, size: tuple[int, int], augmentations=None)
 
 
 def random_tissue_slices(rng: np.random.Generator, n_slices: int, size: tuple[int, int],
-                         source: str = "auto", augment: bool = True) -> tuple[np.ndarray, dict]:
+                         source: str = "auto", augment: bool = True,
+                         zoom: float = 1.0) -> tuple[np.ndarray, dict]:
     """``n_slices`` contiguous axial slices of one randomly posed head: tissue maps
-    ``[S, K, H, W]`` and geometry (``pixel_mm``, ``thickness_mm``, ``z``)."""
+    ``[S, K, H, W]`` and geometry (``pixel_mm``, ``thickness_mm``, ``z``).  ``zoom`` > 1 magnifies
+    the head about the centre (a display field of view smaller than the head: the CT simulator's
+    truncated-FOV volumes); it draws nothing from ``rng``."""
     from medrecon.datasets.augment import Augmentation, random_augmentation
 
     anat = tissue_volume(source, 1 if max(size) > 160 else 2)
@@ -170,6 +173,10 @@ def random_tissue_slices(rng: np.random.Generator, n_slices: int, size: tuple[in
     start = rng.uniform(z0, z1 - span)
     z = start + step * np.arange(n_slices)
     aug = random_augmentation(rng) if augment else Augmentation()
+    if zoom != 1.0:
+        import dataclasses
+
+        aug = dataclasses.replace(aug, scale=aug.scale * float(zoom))
     maps = axial_slices(anat, z, size, aug)
     fov_mm = max(anat.maps.shape[2:]) * anat.voxel_mm / aug.scale
     return maps, {"pixel_mm": fov_mm / min(size), "thickness_mm": step * anat.voxel_mm,

@@ -1,8 +1,10 @@
 """Head CT simulator: images in HU, parallel-beam sinograms and low-dose versions, in HDF5.
 
 Images: the tissue maps of `medrecon.datasets.anatomy` (randomly posed, like the MRI simulator)
-mixed with per-tissue HU (air -1000, fat -100, CSF 8, WM 28, GM 40, skin 40, bone ~1000, each
-jittered per volume), set to air outside the scanner's circular FOV.
+mixed with per-tissue HU (air -1000, fat -100, CSF 8, WM 28, GM 40, skin 40, each jittered by
++-5 HU per volume; bone drawn per volume from ``BONE_HU`` = 700..1900 HU, the range of skull and
+cortical bone in clinical CT: a prior trained on bone at ~1000 HU only pulled the 1200-2000 HU bone
+of a real slice down by 260 HU RMSE, docs/priors.md), set to air outside the scanner's circular FOV.
 
 Projections: HU -> linear attenuation ``mu = mu_water (1 + HU / 1000)`` (per mm, clipped at 0);
 line integrals ``p = A mu`` with the toolkit's parallel-beam projector
@@ -43,6 +45,7 @@ __all__ = ["HU", "MU_WATER", "tissues_to_hu", "hu_to_mu", "circle_mask", "line_i
 
 HU = {"air": -1000.0, "csf": 8.0, "gm": 40.0, "wm": 28.0, "bone": 1000.0, "fat": -100.0,
       "skin": 40.0}
+BONE_HU = (700.0, 1900.0)  # per-volume bone value, uniform (module docstring)
 FORMAT = "medrecon-ct-sim"
 
 
@@ -88,16 +91,18 @@ def lowdose_sinogram(p: np.ndarray, i0: float, sigma_e: float, rng: np.random.Ge
 def simulate_ct_volume(n_slices: int = 4, size: int = 256, n_angles: int = 360,
                        i0: float = 1e5, sigma_e: float = 5.0, seed: int = 0,
                        source: str = "auto", augment: bool = True, mu_water: float = MU_WATER,
-                       eps: float = 1.0) -> dict:
+                       eps: float = 1.0, zoom: float = 1.0) -> dict:
     """One volume: ``image_hu [S, N, N]``, ``mu``, ``sinogram`` and ``sinogram_lowdose``
-    ``[S, n_angles, N]``, ``angles_deg`` and ``attrs`` (see the module docstring)."""
+    ``[S, n_angles, N]``, ``angles_deg`` and ``attrs`` (see the module docstring).  ``zoom`` > 1:
+    the head overfills the circular FOV and is cut at its edge, as in a zoomed clinical series
+    (`medrecon.datasets.anatomy.random_tissue_slices`)."""
     n = int(size)
     if n_slices < 1 or n < 16 or n_angles < 1:
         raise ValueError(f"need n_slices >= 1, size >= 16 and n_angles >= 1, got {n_slices}, "
                          f"{size}, {n_angles}")
     rng = np.random.default_rng(seed)
-    maps, geo = random_tissue_slices(rng, n_slices, (n, n), source, augment)
-    table = {t: v + (rng.uniform(-200, 200) if t == "bone" else rng.uniform(-5, 5))
+    maps, geo = random_tissue_slices(rng, n_slices, (n, n), source, augment, zoom)
+    table = {t: (rng.uniform(*BONE_HU) if t == "bone" else v + rng.uniform(-5, 5))
              for t, v in HU.items() if t != "air"}
     hu = tissues_to_hu(maps, {**table, "air": HU["air"]})
     hu[:, ~circle_mask(n)] = HU["air"]
@@ -109,7 +114,7 @@ def simulate_ct_volume(n_slices: int = 4, size: int = 256, n_angles: int = 360,
              "pixel_size_mm": float(geo["pixel_mm"]), "mu_water": float(mu_water),
              "slice_thickness_mm": float(geo["thickness_mm"]), "geometry": "parallel",
              "projector": "medrecon.physics.ParallelBeam(circle=True)", "source": geo["source"],
-             "sim_seed": int(seed)}
+             "sim_seed": int(seed), "zoom": float(zoom)}
     return {"image_hu": hu, "mu": mu.astype(np.float32), "sinogram": sino.astype(np.float32),
             "sinogram_lowdose": low.astype(np.float32), "angles_deg": angles, "attrs": attrs}
 

@@ -1,4 +1,4 @@
-"""The trained MRI priors that ship with medrecon (package data under ``medrecon/priors/``).
+"""The trained priors that ship with medrecon (package data under ``medrecon/priors/``).
 
 Each is a medrecon checkpoint directory (``config.json`` + ``model.safetensors``, EMA weights,
 no optimizer state) trained by ``medrecon train --recipe ...`` on the simulated multi-coil brain;
@@ -10,6 +10,12 @@ how exactly is in ``docs/priors.md``.
 - ``brain128-ddgan``: denoising-diffusion-GAN generator (recipe ``ddgan``, T = 4; a DDGAN checkpoint
   directory: ``config.json`` + ``generator.safetensors`` (EMA weights) + ``discriminator.safetensors``)
   -- the default of fdmr.
+- ``ct128-pixel-ddpm``: conditional pixel-space DDPM on simulated 128x128 low-dose CT (recipe
+  ``ct-pixel-ddpm``; a medrecon checkpoint with ``extra.kind`` the pixel DDPM) -- the default of
+  pixel-ddpm.
+- ``ct128-latent-cold``: latent cold diffusion (recipe ``ct-latent-cold``: ``autoencoder/`` (MONAI
+  ``AutoencoderKL``) + ``latent/``, `medrecon.ct.checkpoint` layout) -- the default of
+  latent-cold-diffusion.
 
 The name says the network's 128x128 training windows, not the image size: both were trained on
 128x128 brains and then fine-tuned on windows of 128-384 recon matrices (``--recipe-option
@@ -39,6 +45,10 @@ _BRAIN_MS = ("simulated multi-coil brain (MNI152 simulator, training seeds): 36 
              "maximum; 128x128 windows")
 
 
+_CT = ("simulated head CT (medrecon.ct simulator, training seeds 0..63): 256 slices at 128x128, "
+       "bone 700-1900 HU, parallel beam over 192 views, I0 = 1e4 photons, sigma_e = 5; NDCT / LDCT = ramp FBP in HU / 1000")
+
+
 @dataclass(frozen=True)
 class PriorInfo:
     """Metadata of a shipped prior that its checkpoint does not record (docs/priors.md)."""
@@ -61,7 +71,19 @@ PRIORS: dict[str, PriorInfo] = {
         "ddgan", "denoising diffusion GAN generator (Xiao et al., ICLR 2022), T = 4 VP steps, z_dim 32 "
         "(recipe ddgan)", _BRAIN_MS, 0, 4,
         "fdmr: T = 4 generator steps, then early-stopped adaptation and refinement (10-20 NFE)"),
+    "ct128-pixel-ddpm": PriorInfo(
+        "ct-pixel-ddpm", "conditional pixel-space DDPM for low-dose CT, eps on 1000 linear betas, LDCT as a second "
+        "input channel (recipe ct-pixel-ddpm)", _CT, 0, 5,
+        "pixel-ddpm: DPM-Solver++ on a 20-step grid, warm-started from the LDCT below t = 300 (5 network calls)"),
+    "ct128-latent-cold": PriorInfo(
+        "ct-latent-cold", "latent cold diffusion for low-dose CT: MONAI AutoencoderKL + latent z0 network, cosine cold "
+        "schedule (recipe ct-latent-cold)", _CT, 0, 10, "latent-cold-diffusion: T = 10 cold steps (Bansal et al. Alg. 2)"),
 }
+
+# the weight files each kind's directory must hold (beside config.json unless a path says otherwise)
+_FILES = {"ddgan": ("config.json", "generator.safetensors", "discriminator.safetensors"),
+          "ct-latent-cold": ("autoencoder/config.json", "autoencoder/model.safetensors", "latent/config.json",
+                             "latent/model.safetensors")}
 
 BUILTIN_PRIORS: dict[str, str] = {name: info.description for name, info in PRIORS.items()}
 
@@ -71,9 +93,8 @@ def prior_path(name: str) -> Path:
     if name not in BUILTIN_PRIORS:
         raise ValueError(f"unknown builtin prior {name!r}; builtin priors: {', '.join(BUILTIN_PRIORS)}")
     path = _ROOT / name
-    weights = ("generator.safetensors", "discriminator.safetensors") if PRIORS[name].kind == "ddgan" \
-        else ("model.safetensors",)
-    missing = [f for f in ("config.json",) + weights if not (path / f).is_file()]
+    missing = [f for f in _FILES.get(PRIORS[name].kind, ("config.json", "model.safetensors"))
+               if not (path / f).is_file()]
     if missing:
         raise FileNotFoundError(f"builtin prior {name!r}: {path} lacks {', '.join(missing)} "
                                 f"(a broken medrecon installation?)")
@@ -110,6 +131,8 @@ def describe(name: str) -> dict:
     prediction type, schedule, parameters from the weights header, size on disk, training steps)."""
     path = prior_path(name)
     info = PRIORS[name]
+    if info.kind == "ct-latent-cold":
+        return _describe_latent(name, path, info)
     cfg = json.loads((path / "config.json").read_text())
     extra = cfg.get("extra") or {}
     steps = int(cfg.get("step", 0))
@@ -129,6 +152,27 @@ def describe(name: str) -> dict:
         "training_data": info.data, "training_steps": info.steps_before + steps,
         "training_runs": [info.steps_before, steps] if extra.get("init") else [steps],
         "weights": extra.get("weights"), "nfe": info.nfe, "nfe_note": info.nfe_note, "path": str(path),
+    }
+
+
+def _describe_latent(name: str, path: Path, info: PriorInfo) -> dict:
+    """`describe` for a latent-cold-diffusion folder: the latent network's facts, both networks' parameters."""
+    ae, lat = (json.loads((path / d / "config.json").read_text()) for d in ("autoencoder", "latent"))
+    net = lat["config"]["network"]["config"]
+    aenet = ae["config"]["network"]["config"]
+    files = [p for p in path.rglob("*") if p.is_file()]
+    return {
+        "name": name, "kind": info.kind, "description": info.description,
+        "parameters": sum(weights_parameters(path / d / "model.safetensors") for d in ("autoencoder", "latent")),
+        "size_bytes": sum(p.stat().st_size for p in files),
+        "network": f"monai.AutoencoderKL channels {list(aenet['channels'])} + monai.DiffusionModelUNet channels "
+                   f"{list(net['channels'])}, {net['in_channels']} in",
+        "prediction": lat["config"].get("prediction"),
+        "schedule": f"cold, T = {lat['config']['schedule']['T']}",
+        "training_data": info.data, "training_steps": int(ae.get("step", 0)) + int(lat.get("step", 0)),
+        "training_runs": [int(ae.get("step", 0)), int(lat.get("step", 0))],  # autoencoder, then latent network
+        "weights": (lat.get("extra") or {}).get("weights"), "nfe": info.nfe, "nfe_note": info.nfe_note,
+        "path": str(path),
     }
 
 
@@ -184,3 +228,4 @@ def export_ddgan(run_checkpoint, out_dir, overwrite: bool = False) -> Path:
     if extra.get("data"):
         extra["data"] = Path(str(extra["data"])).name
     return save_ddgan(out_dir, ck.generator, ck.discriminator, step=ck.step, extra=extra, overwrite=overwrite)
+

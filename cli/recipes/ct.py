@@ -30,7 +30,8 @@ retrains from scratch.
 
 Recipe options: ``size`` (128), ``n_train`` (256), ``slices_per_volume`` (4), ``i0`` (1e4),
 ``sigma_e`` (5), ``T`` (10, cold steps), ``schedule`` (cosine), ``loss`` (l1, cold), ``kl_weight``
-(1e-6), ``autoencoder`` (DIR), ``ae_steps`` (1000) and ``ae_preset`` (small), when
+(1e-6), ``zoom_fraction`` (0.5: that share of the volumes is magnified 1.1-1.8x, the head cut by
+the FOV circle as in zoomed clinical series), ``autoencoder`` (DIR), ``ae_steps`` (1000) and ``ae_preset`` (small), when
 ct-latent-cold trains its own, ``threads`` (torch threads; default unchanged), ``cache`` (a
 ``.pt`` file the simulated pairs are kept in and re-read from, keyed by the data record).
 Defaults: ``--steps`` 1000 (AE) / 3000, ``--batch-size 8``, ``--lr`` 1e-3 (AE) / 5e-4, EMA 0.999
@@ -46,6 +47,9 @@ import json
 import shutil
 from pathlib import Path
 
+from medrecon.ct.data import ZOOM_RANGE
+from medrecon.datasets.simulate_ct import BONE_HU
+
 from . import Recipe
 
 __all__ = ["RECIPES", "CT_UNET", "recipe_data", "train_record"]
@@ -55,13 +59,14 @@ CT_UNET = {"channels": [16, 32, 64, 64], "attention_levels": [False] * 4,
 
 _OPTIONS = {"size": 128, "n_train": 256, "slices_per_volume": 4, "i0": 1e4, "sigma_e": 5.0,
             "T": 10, "schedule": "cosine", "loss": "l1", "kl_weight": 1e-6, "autoencoder": None,
-            "ae_steps": 1000, "ae_preset": "small", "threads": 0, "cache": None}
+            "ae_steps": 1000, "ae_preset": "small", "threads": 0, "cache": None, "zoom_fraction": 0.5}
 _INTS = ("size", "n_train", "slices_per_volume", "T", "ae_steps", "threads")
-_FLOATS = ("i0", "sigma_e", "kl_weight")
+_FLOATS = ("i0", "sigma_e", "kl_weight", "zoom_fraction")
 _VALID = {"ct-autoencoder": ("size", "n_train", "slices_per_volume", "i0", "sigma_e", "kl_weight",
-                             "threads", "cache"),
+                             "threads", "cache", "zoom_fraction"),
           "ct-latent-cold": tuple(_OPTIONS),
-          "ct-pixel-ddpm": ("size", "n_train", "slices_per_volume", "i0", "sigma_e", "threads", "cache")}
+          "ct-pixel-ddpm": ("size", "n_train", "slices_per_volume", "i0", "sigma_e", "threads", "cache",
+                            "zoom_fraction")}
 _DEFAULTS = {"ct-autoencoder": {"preset": "small", "steps": 1000, "batch_size": 8, "lr": 1e-3},
              "ct-latent-cold": {"preset": "ct", "steps": 3000, "batch_size": 8, "lr": 5e-4},
              "ct-pixel-ddpm": {"preset": "ct", "steps": 3000, "batch_size": 8, "lr": 5e-4}}
@@ -110,7 +115,8 @@ def recipe_data(opts: dict) -> dict:
     return {"simulator": "medrecon.ct.data.simulate_pairs", "seed": 0, "size": opts["size"],
             "n_train": opts["n_train"], "slices_per_volume": opts["slices_per_volume"],
             "i0": opts["i0"], "sigma_e": opts["sigma_e"], "target": "fbp",
-            "n_angles": 3 * opts["size"] // 2}
+            "n_angles": 3 * opts["size"] // 2, "bone_hu": list(BONE_HU),
+            "zoom_fraction": opts["zoom_fraction"], "zoom_range": list(ZOOM_RANGE)}
 
 
 def _simulate(opts: dict):
@@ -131,7 +137,7 @@ def _simulate(opts: dict):
                              f"({bytes(d['record'].tolist()).decode()}); use another file")
         return CTPairDataset(ndct=d["ndct"], ldct=d["ldct"])
     ds = CTPairDataset(opts["n_train"], opts["size"], i0=opts["i0"], sigma_e=opts["sigma_e"],
-                       seed=0, slices_per_volume=opts["slices_per_volume"])
+                       seed=0, slices_per_volume=opts["slices_per_volume"], zoom_fraction=opts["zoom_fraction"])
     if cache is not None:
         import os
 

@@ -8,7 +8,8 @@ hand-written).  Each level after the first halves H and W, so the latent is
 
 Presets: ``"tiny"`` (channels (8, 16), 2 latent channels, ~15k parameters, f = 2; tests) and
 ``"small"`` (channels (32, 64, 64), 4 latent channels, ~0.5M parameters, f = 4; CPU demo at
-64x64 / 128x128).  No attention in either (CPU budget).  Training, encoding and checkpoints:
+64x64 / 128x128) and ``"wide2"`` (channels (32, 64), 4 latent channels, f = 2: no compression, so a
+CPU-trained autoencoder reconstructs below the low-dose noise; the shipped ``ct128-latent-cold``).  No attention in either (CPU budget).  Training, encoding and checkpoints:
 `medrecon.ct.autoencoder`.
 """
 from __future__ import annotations
@@ -68,6 +69,8 @@ AE_PRESETS: dict[str, AEConfig] = {
     "tiny": AEConfig(),
     "small": AEConfig(channels=(32, 64, 64), num_res_blocks=(1, 1, 1),
                       attention_levels=(False, False, False), latent_channels=4, norm_num_groups=16),
+    "wide2": AEConfig(channels=(32, 64), num_res_blocks=(1, 1), attention_levels=(False, False),
+                      latent_channels=4, norm_num_groups=16),
 }
 
 

@@ -28,6 +28,7 @@ __all__ = ["HU_SCALE", "to_hu", "from_hu", "body_mask", "check_pair", "pair_tens
 
 HU_SCALE = 1000.0
 BODY_THRESHOLD_HU = -500.0
+ZOOM_RANGE = (1.1, 1.8)  # magnification of the truncated-FOV volumes (simulate_pairs)
 
 
 def to_hu(x: torch.Tensor) -> torch.Tensor:
@@ -48,10 +49,14 @@ def body_mask(ndct_hu: torch.Tensor, threshold_hu: float = BODY_THRESHOLD_HU) ->
 def simulate_pairs(n_slices: int = 8, size: int = 32, *, n_angles: int | None = None,
                    i0: float = 1e4, sigma_e: float = 5.0, seed: int = 0,
                    slices_per_volume: int = 4, target: str = "fbp", filter: str = "ramp",
-                   source: str = "auto") -> dict[str, torch.Tensor]:
+                   source: str = "auto", zoom_fraction: float = 0.0,
+                   zoom_range: tuple[float, float] = ZOOM_RANGE) -> dict[str, torch.Tensor]:
     """Simulate ``n_slices`` pairs; returns ``ndct``, ``ldct`` (normalised, ``[S, 1, N, N]``
     float32) and ``image_hu`` (the phantom, ``[S, N, N]``).  ``n_angles`` defaults to ``3N/2``.
-    Volume ``v`` (``slices_per_volume`` slices each) is simulated with seed ``seed * 1000 + v``."""
+    Volume ``v`` (``slices_per_volume`` slices each) is simulated with seed ``seed * 1000 + v``;
+    a ``zoom_fraction`` of the volumes (drawn from ``default_rng([seed, v, 7])``) is magnified by a
+    factor in ``zoom_range``, so the head is cut by the FOV circle (zoomed clinical series: their
+    simulated projections see the cut edge, which a prior trained on whole heads never saw)."""
     from medrecon.datasets.simulate_ct import simulate_ct_volume
     from medrecon.physics.ct import ParallelBeam, fbp, mu_to_hu
 
@@ -68,8 +73,10 @@ def simulate_pairs(n_slices: int = 8, size: int = 32, *, n_angles: int | None = 
     done, vol = 0, 0
     while done < n_slices:
         k = min(int(slices_per_volume), n_slices - done)
+        zr = np.random.default_rng([int(seed), vol, 7])
+        zoom = float(zr.uniform(*zoom_range)) if zr.random() < zoom_fraction else 1.0
         v = simulate_ct_volume(k, size, n_angles, i0=i0, sigma_e=sigma_e,
-                               seed=int(seed) * 1000 + vol, source=source)
+                               seed=int(seed) * 1000 + vol, source=source, zoom=zoom)
         px = float(v["attrs"]["pixel_size_mm"])
         mw = float(v["attrs"]["mu_water"])
         geo = ParallelBeam(size, torch.from_numpy(np.deg2rad(v["angles_deg"])),

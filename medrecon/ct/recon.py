@@ -3,9 +3,9 @@
 - ``fbp``: filtered backprojection of the (low-dose) sinogram with the option ``filter``; fan-beam
   scans shorter than 2 pi use Parker weights.
 - ``latent-cold-diffusion``: FBP -> HU / 1000 -> E -> cold sampling (Bansal et al. Algorithm 2,
-  ``steps`` <= T; ``algorithm`` improved | naive) -> D -> HU.  ``checkpoint``: a ``medrecon train
-  --recipe ct-latent-cold`` run folder (``autoencoder/`` + ``latent/``), or the latent checkpoint
-  with ``autoencoder=DIR``.
+  ``steps`` <= T; ``algorithm`` improved | naive) -> D -> HU.  ``checkpoint``: ``""`` (the shipped
+  ``ct128-latent-cold``), a ``medrecon train --recipe ct-latent-cold`` run folder (``autoencoder/`` +
+  ``latent/``), or the latent checkpoint with ``autoencoder=DIR``.
 - ``pixel-ddpm``: FBP -> HU / 1000 as the condition -> ``medrecon.sample`` with ``solver``,
   ``steps``, ``eta``, ``clip_x0`` and ``ldct_above`` (`medrecon.ct.pixel_ddpm`); the batch of
   slices starting at slice k draws its noise from ``seed + k``.
@@ -27,7 +27,7 @@ import torch
 
 from .inputs import CTScan
 
-__all__ = ["CTNetworks", "networks", "fbp_hu", "ldct_image", "denoise", "reconstruct_ct"]
+__all__ = ["CTNetworks", "networks", "checkpoint_dir", "fbp_hu", "ldct_image", "denoise", "reconstruct_ct"]
 
 
 class CTNetworks:
@@ -36,11 +36,11 @@ class CTNetworks:
 
     def __init__(self, method: str, opts, device: torch.device) -> None:
         self.method, self.device, self.size = method, device, None
-        if not getattr(opts, "checkpoint", None):
+        ck = checkpoint_dir(method, opts)
+        if not ck.exists():
             recipe = "ct-latent-cold" if method == "latent-cold-diffusion" else "ct-pixel-ddpm"
-            raise ValueError(f"method {method!r} needs -o checkpoint=DIR (train one with "
-                             f"`medrecon train --recipe {recipe}`)")
-        ck = Path(opts.checkpoint)
+            raise ValueError(f"-o checkpoint={opts.checkpoint}: no such folder (a builtin CT prior name, or "
+                             f"train one with `medrecon train --recipe {recipe}`)")
         if method == "latent-cold-diffusion":
             from .autoencoder import load_autoencoder
             from .cold_diffusion import load_cold_diffusion
@@ -102,11 +102,21 @@ def networks(method: str, opts, device, cache) -> CTNetworks:
     `medrecon.methods.priors.PriorCache`: loaded once for all the scans of a run).  Raises the
     option errors (missing checkpoint, ``steps`` over T, unknown solver) before any work."""
     device = torch.device(device or "cpu")
-    key = ("ct-" + method, str(Path(opts.checkpoint).resolve()) if opts.checkpoint else None,
-           getattr(opts, "autoencoder", None), str(device))
+    key = ("ct-" + method, str(checkpoint_dir(method, opts).resolve()), getattr(opts, "autoencoder", None),
+           str(device))
     nets = cache.get(key, lambda: CTNetworks(method, opts, device))
     nets.check(opts)
     return nets
+
+
+def checkpoint_dir(method: str, opts) -> Path:
+    """The folder behind ``opts.checkpoint``: ``""`` is the method's shipped CT prior, a builtin name
+    its folder, anything else a path."""
+    from medrecon.builtin_priors import resolve_checkpoint
+    from medrecon.methods.priors import CT_LATENT_PRIOR, CT_PIXEL_PRIOR
+
+    default = CT_LATENT_PRIOR if method == "latent-cold-diffusion" else CT_PIXEL_PRIOR
+    return resolve_checkpoint(opts.checkpoint or "", default)
 
 
 def _trained_size(directory: Path) -> int | None:

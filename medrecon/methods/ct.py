@@ -12,13 +12,17 @@ call.  `medrecon.pipeline.reconstruct_file` reads the scan, runs the method and 
 Every CT method also takes the options of its input (`medrecon.ct.inputs`): ``dose`` (``normal``:
 a low-dose scan of a DICOM series is simulated with ``i0`` photons, electronic noise ``sigma_e``,
 ``noise_seed`` and ``n_angles`` views, default 3N/2; ``low``: the series is the LDCT image).
-No CT prior ships with medrecon (``prior=None``): the network methods need ``checkpoint``.
+The network methods' ``checkpoint`` defaults to the shipped 128x128 CT priors (``""``:
+``ct128-latent-cold`` / ``ct128-pixel-ddpm``, `medrecon.builtin_priors`); a builtin name or a
+``medrecon train --recipe ct-*`` folder is also accepted.
 """
 from __future__ import annotations
 
 from dataclasses import dataclass
 
 from medrecon.registry import register_method
+
+from .priors import CT_LATENT_PRIOR, CT_PIXEL_PRIOR
 
 __all__ = ["CTInputOptions", "FBPOptions", "LatentColdOptions", "PixelDDPMOptions"]
 
@@ -60,7 +64,7 @@ class FBPOptions(CTInputOptions):
 @dataclass
 class LatentColdOptions(CTInputOptions):
     filter: str = "ramp"
-    checkpoint: str | None = None  # a ct-latent-cold run folder (or the latent checkpoint)
+    checkpoint: str = ""  # "": the shipped ct128-latent-cold; a ct-latent-cold run folder (or the latent checkpoint)
     autoencoder: str | None = None  # the autoencoder folder when checkpoint is the latent one
     steps: int | None = None  # None: T
     algorithm: str = "improved"  # Bansal et al. Algorithm 2; "naive": Algorithm 1
@@ -75,12 +79,14 @@ class LatentColdOptions(CTInputOptions):
 @dataclass
 class PixelDDPMOptions(CTInputOptions):
     filter: str = "ramp"
-    checkpoint: str | None = None  # a ct-pixel-ddpm checkpoint
-    solver: str = "ddim"
-    steps: int = 50
+    checkpoint: str = ""  # "": the shipped ct128-pixel-ddpm; a ct-pixel-ddpm checkpoint
+    # defaults: what works on the shipped prior (docs/bench_ct.md: DDIM / DPM-Solver++ from t = T diverge on
+    # an under-trained pixel DDPM; the warm start from the LDCT above t = 300 gives its best rows)
+    solver: str = "dpm-solver++"
+    steps: int = 20
     eta: float | None = None  # None: the solver's default
     clip_x0: str = "none"  # "none" or a bound B (HU / 1000) each x0 estimate is clipped to
-    ldct_above: int | None = None  # timestep t_c: above it x0 is the LDCT, no network call
+    ldct_above: int | None = 300  # timestep t_c: above it x0 is the LDCT, no network call (None: off)
 
     def __post_init__(self) -> None:
         super().__post_init__()
@@ -137,7 +143,7 @@ def _denoiser(method: str):
 
 register_method("latent-cold-diffusion", LatentColdOptions,
                 "latent cold diffusion from the FBP image (CT; Bansal et al. Alg. 2)",
-                kind="diffusion", modality="ct")(_denoiser("latent-cold-diffusion"))
+                kind="diffusion", modality="ct", prior=CT_LATENT_PRIOR)(_denoiser("latent-cold-diffusion"))
 register_method("pixel-ddpm", PixelDDPMOptions,
                 "pixel-space conditional DDPM on the FBP image (CT), any generic solver",
-                kind="diffusion", modality="ct")(_denoiser("pixel-ddpm"))
+                kind="diffusion", modality="ct", prior=CT_PIXEL_PRIOR)(_denoiser("pixel-ddpm"))

@@ -26,7 +26,7 @@ import torch
 
 from medrecon.builtin_priors import BUILTIN_PRIORS, PRIORS, resolve_checkpoint
 
-__all__ = ["VP_PRIOR", "HFS_PRIOR", "DDGAN_PRIOR", "PriorCache", "DEFAULT_PRIORS", "checkpoint_dir", "checkpoint_key",
+__all__ = ["VP_PRIOR", "HFS_PRIOR", "DDGAN_PRIOR", "CT_LATENT_PRIOR", "CT_PIXEL_PRIOR", "PriorCache", "DEFAULT_PRIORS", "checkpoint_dir", "checkpoint_key",
            "load_prior", "load_score_prior", "load_spirit_prior", "load_timestep_shifts", "is_vp_checkpoint",
            "preload", "network_eps", "network_score", "support_mask", "zero_filled_scale", "accelerated",
            "CALIBRATION"]
@@ -34,6 +34,8 @@ __all__ = ["VP_PRIOR", "HFS_PRIOR", "DDGAN_PRIOR", "PriorCache", "DEFAULT_PRIORS
 VP_PRIOR = "brain128-vp"  # the default checkpoint of the VP samplers
 HFS_PRIOR = "brain128-hfs"  # the default checkpoint of hfs-sde
 DDGAN_PRIOR = "brain128-ddgan"  # the default checkpoint of fdmr (a DDGAN generator)
+CT_LATENT_PRIOR = "ct128-latent-cold"  # the default checkpoint of latent-cold-diffusion
+CT_PIXEL_PRIOR = "ct128-pixel-ddpm"  # the default checkpoint of pixel-ddpm
 
 
 class PriorCache:

@@ -19,6 +19,12 @@ DDGAN generator (``medrecon.models.ddgan``) on its T-step VP schedule:
    checkpoint, CCDF-style DDIM steps with the DDNM projection from ``refine_t0`` of a
    ``refine_steps`` grid (``medrecon.posterior.ccdf``).
 
+Defaults (chosen on validation volume seed 1500, 8x, 320x320, not the test volumes; docs/fdmr.md):
+stage 1 starts from CG-SENSE diffused to step 2 of T = 4 (abar 0.08), not from zero-filled at T, and
+stage 3 runs 6 DDNM-projected DDIM steps of the shipped VP prior from t0 = 0.3 of a 20-step grid.
+With METHODS.md's settings (zero-filled at T, the generator's chain as refinement) the shipped
+generator gave 19.7 dB there, below CG-SENSE (21.4); with these, 28.0 dB at 14 NFE.
+
 NFE counts every generator/prior forward pass (adaptation iterations included).  ``normalize``
 divides each slice's k-space by max |A^H y| (the training scale of the recipe) and multiplies back
 (the registered method, its checkpoint loading and scale: `medrecon.methods.fdmr`).
@@ -46,9 +52,9 @@ class FDMROptions:
     checkpoint: str = ""  # "": the shipped brain128-ddgan; a builtin name, a DDGAN checkpoint or a run folder
     ema: bool = True  # the EMA generator weights when the checkpoint has them
     generation: bool = True
-    init: str = "zero-filled"  # or "cg-sense"
+    init: str = "cg-sense"  # or "zero-filled" (METHODS.md); defaults chosen on a validation volume (docs/fdmr.md)
     init_cg_iters: int = 10
-    start: int = 0  # step the initial image is diffused to; 0: T
+    start: int = 2  # step the initial image is diffused to; 0: T (METHODS.md: from T)
     adaptation: bool = True
     adapt_iters: int = 30
     adapt_lr: float = 1e-4  # METHODS.md: 1e-3; measured worse on the demo prior (docs/fdmr.md)
@@ -57,9 +63,9 @@ class FDMROptions:
     min_improvement: float = 0.01  # relative drop of the held-out residual that counts as progress
     refinement: bool = True
     refine_from: int = 1
-    refine_prior: str = ""  # "" : the generator's chain; else a VP eps checkpoint (path or builtin name)
-    refine_steps: int = 100
-    refine_t0: float = 0.05
+    refine_prior: str = "brain128-vp"  # a VP eps checkpoint (path or builtin name); "": the generator's chain
+    refine_steps: int = 20
+    refine_t0: float = 0.3
     cg_iters: int = 10
     normalize: bool = True
 

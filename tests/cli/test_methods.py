@@ -20,10 +20,11 @@ def test_methods_table(capsys):
 def test_methods_lists_ct_methods_with_their_modality(capsys):
     assert main(["methods", "--json"]) == 0
     rows = {r["name"]: r for r in map(json.loads, capsys.readouterr().out.splitlines())}
-    for name in ("fbp", "latent-cold-diffusion", "pixel-ddpm"):
-        assert rows[name]["modality"] == "ct" and rows[name]["prior"] is None
+    expected = {"fbp": None, "latent-cold-diffusion": "ct128-latent-cold", "pixel-ddpm": "ct128-pixel-ddpm"}
+    for name, prior in expected.items():
+        assert rows[name]["modality"] == "ct" and rows[name]["prior"] == prior
     assert rows["fbp"]["options"]["filter"] == "ramp" and rows["fbp"]["kind"] == "classical"
-    assert rows["pixel-ddpm"]["options"]["steps"] == 50
+    assert rows["pixel-ddpm"]["options"]["steps"] == 20 and rows["pixel-ddpm"]["options"]["ldct_above"] == 300
     assert rows["cg-sense"]["modality"] == "mri"
     assert main(["methods"]) == 0
     assert "fbp            [ct]" in capsys.readouterr().out

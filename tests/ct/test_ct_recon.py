@@ -180,8 +180,8 @@ def test_bad_sinogram_inputs(tmp_path, phantom_hu, capsys):
     assert rc == 2 and "'bogus'" in o.err
     rc, o = _run(capsys, p, "--method", "fbp", "-o", "i0=0")
     assert rc == 2 and "i0" in o.err
-    rc, o = _run(capsys, p, "--method", "pixel-ddpm")
-    assert rc == 2 and "checkpoint" in o.err
+    rc, o = _run(capsys, p, "--method", "pixel-ddpm", "-o", f"checkpoint={tmp_path / 'no-such-run'}")
+    assert rc == 2 and "checkpoint" in o.err and "no such folder" in o.err
 
 
 @pytest.fixture(scope="module")
@@ -209,8 +209,8 @@ def test_network_methods(dicom_ct, sino_file, tiny_checkpoints, tmp_path, capsys
     rec = json.loads(o.out)
     assert rec["nfe"] == 4 and rec["metrics"] is not None
     rc, o = _run(capsys, dicom_ct, "--method", "pixel-ddpm", "--json", "--sample-seed", "3",
-                 "-o", f"checkpoint={tiny_checkpoints / 'pixel'}", "-o", "steps=3",
-                 "-o", "clip_x0=2", "--out", tmp_path / "p", "--format", "dicom")
+                 "-o", f"checkpoint={tiny_checkpoints / 'pixel'}", "-o", "steps=3", "-o", "solver=ddim",
+                 "-o", "ldct_above=none", "-o", "clip_x0=2", "--out", tmp_path / "p", "--format", "dicom")
     assert rc == 0, o.err
     rec = json.loads(o.out)
     assert rec["nfe"] == 3 and rec["seed"] == 3 and rec["options"]["clip_x0"] == "2"

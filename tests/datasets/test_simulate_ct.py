@@ -2,9 +2,10 @@
 import h5py
 import numpy as np
 import pytest
+import torch
 from skimage.transform import radon
 
-from medrecon.datasets.simulate_ct import (HU, circle_mask, ct_file_name, hu_to_mu,
+from medrecon.datasets.simulate_ct import (BONE_HU, HU, circle_mask, ct_file_name, hu_to_mu,
                                            lowdose_sinogram, read_ct, simulate_ct_dataset,
                                            simulate_ct_volume)
 from medrecon.datasets.simulate_mri import volume_seed
@@ -18,7 +19,7 @@ def vol():
 def test_image_in_plausible_hu(vol):
     hu = vol["image_hu"]
     assert hu.shape == (2, 48, 48) and hu.dtype == np.float32
-    assert hu.min() == pytest.approx(HU["air"]) and 700 < hu.max() < 1300
+    assert hu.min() == pytest.approx(HU["air"]) and BONE_HU[0] <= hu.max() <= BONE_HU[1]  # bone is the brightest
     assert np.all(hu[:, ~circle_mask(48)] == HU["air"])
     brain = hu[(hu > 0) & (hu < 60)]
     assert brain.size > 0.2 * hu[0].size and 15 < np.median(brain) < 45
@@ -76,3 +77,19 @@ def test_dataset_layout_roundtrip_determinism_and_overwrite(tmp_path):
         f["kspace"] = np.zeros(3)
     with pytest.raises(ValueError, match="sinogram"):
         read_ct(bad)
+
+
+def test_zoomed_volumes_are_cut_by_the_fov_circle():
+    """``zoom`` > 1 (the CT recipes' truncated-FOV share): the head overfills the circular FOV, so
+    tissue reaches its edge; unzoomed heads sit inside it with air around."""
+    from scipy.ndimage import binary_erosion
+
+    from medrecon.ct.data import simulate_pairs
+
+    inside = circle_mask(48)
+    rim = inside & ~binary_erosion(inside, iterations=2)
+    tissue = lambda zoom: float((simulate_ct_volume(1, 48, 72, seed=3, zoom=zoom)["image_hu"][0][rim] > -500).mean())
+    assert tissue(1.0) < 0.2 and tissue(1.8) > 0.8
+    p = simulate_pairs(4, 32, seed=1, slices_per_volume=1, zoom_fraction=1.0)
+    q = simulate_pairs(4, 32, seed=1, slices_per_volume=1, zoom_fraction=0.0)
+    assert not torch.equal(p["ndct"], q["ndct"])

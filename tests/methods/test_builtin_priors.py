@@ -12,7 +12,7 @@ from medrecon.models.checkpoint import load_checkpoint, load_model
 from medrecon.models.networks import build_unet, preset
 
 
-@pytest.mark.parametrize("name", [n for n in BUILTIN_PRIORS if PRIORS[n].kind != "ddgan"])
+@pytest.mark.parametrize("name", [n for n in BUILTIN_PRIORS if PRIORS[n].kind in ("vp", "hfs")])
 def test_shipped_files_load_and_match_config(name):
     path = prior_path(name)
     assert sorted(p.name for p in path.iterdir()) == ["config.json", "model.safetensors"]

@@ -198,6 +198,14 @@ def test_every_writer_produces_configs_the_schema_accepts(tmp_path):
         if PRIORS[name].kind == "ddgan":  # a DDGAN generator: its own schema and reader
             assert load_ddgan(path).generator.cfg.unet.in_channels == 2
             continue
+        if PRIORS[name].kind == "ct-latent-cold":  # two CT checkpoints, their schema (medrecon.ct.checkpoint)
+            assert AE.load_autoencoder(path / "autoencoder").config.downsample_factor == 2
+            assert CD.load_cold_diffusion(path / "latent").T == 10
+            continue
+        if PRIORS[name].kind == "ct-pixel-ddpm":  # a model checkpoint with the pixel DDPM's extra.kind
+            validate_checkpoint(json.loads((path / "config.json").read_text()), path / "config.json")
+            assert PD.load_pixel_ddpm(path).net is not None
+            continue
         validate_checkpoint(json.loads((path / "config.json").read_text()), path / "config.json")
         assert load_model(path).in_channels == 2
 

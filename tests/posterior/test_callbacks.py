@@ -93,7 +93,7 @@ def test_fdmr_callback_per_generation_adaptation_and_refinement_step():
     mask[0, ::2] = 1
     y16 = y16 * mask
     smaps = torch.ones(1, 16, 16, dtype=torch.complex64)
-    opts = FDMROptions(adapt_iters=2, refine_from=2)
+    opts = FDMROptions(adapt_iters=2, refine_from=2, start=0, refine_prior="")  # the generator-only path
     seen = []
     x, nfe = fdmr(G, y16, mask, smaps, torch.Generator().manual_seed(0), opts,
                   callback=lambda i, v: seen.append((i, tuple(v.shape))))

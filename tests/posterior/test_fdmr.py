@@ -41,7 +41,7 @@ def _problem(coils=2, batch=(), seed=0):
 
 
 def _off(**kw):
-    return FDMROptions(**{"generation": False, "adaptation": False, "refinement": False, **kw})
+    return FDMROptions(**{"generation": False, "adaptation": False, "refinement": False, "start": 0, **kw})
 
 
 def test_data_consistency_is_exact_on_sampled_kspace(G):
@@ -65,7 +65,8 @@ def test_data_consistency_is_exact_on_sampled_kspace(G):
 def test_each_stage_switches_and_counts_nfe(G, gen, ada, ref):
     x, s, mask, y = _problem(batch=(2,))
     rec = {}
-    opts = FDMROptions(generation=gen, adaptation=ada, refinement=ref, adapt_iters=2, patience=2, refine_from=2)
+    opts = FDMROptions(generation=gen, adaptation=ada, refinement=ref, adapt_iters=2, patience=2, refine_from=2,
+                       start=0, refine_prior="")  # METHODS.md's stage 1 (from T) and the generator's chain
     out, nfe = fdmr(G, y, mask, s, torch.Generator().manual_seed(0), opts, record=rec)
     assert out.shape == (2, H, W) and torch.isfinite(torch.view_as_real(out)).all()
     expect = (TINY.num_steps if gen else 0) + (2 if ref else 0)
@@ -149,9 +150,11 @@ def test_registered_method_runs_through_reconstruct(tmp_path, G):
     save_checkpoint(tmp_path / "vp", DiffusionModel(build_unet(cfg, seed=0), VPSchedule(make_betas("linear", 100))),
                     cfg)
     opts = dict(checkpoint=str(run), adaptation=False, refine_prior=str(tmp_path / "vp"), refine_steps=20,
-                refine_t0=0.1)
+                refine_t0=0.1, start=0)
     res = medrecon.reconstruct(y, mask, "fdmr", smaps=s, seed=0, **opts)
     assert res.nfe == TINY.num_steps + 2 and torch.isfinite(res.image.abs()).all()
+    res = medrecon.reconstruct(y, mask, "fdmr", smaps=s, seed=0, **{**opts, "start": 2})  # the default start
+    assert res.nfe == 2 + 2
     with pytest.raises(ValueError, match="neither a DDGAN"):
         medrecon.reconstruct(y, mask, "fdmr", smaps=s, checkpoint=str(tmp_path))
 
