@@ -21,7 +21,7 @@ from __future__ import annotations
 import functools
 import importlib.util
 import warnings
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 import numpy as np
@@ -174,9 +174,7 @@ def random_tissue_slices(rng: np.random.Generator, n_slices: int, size: tuple[in
     z = start + step * np.arange(n_slices)
     aug = random_augmentation(rng) if augment else Augmentation()
     if zoom != 1.0:
-        import dataclasses
-
-        aug = dataclasses.replace(aug, scale=aug.scale * float(zoom))
+        aug = replace(aug, scale=aug.scale * float(zoom))
     maps = axial_slices(anat, z, size, aug)
     fov_mm = max(anat.maps.shape[2:]) * anat.voxel_mm / aug.scale
     return maps, {"pixel_mm": fov_mm / min(size), "thickness_mm": step * anat.voxel_mm,

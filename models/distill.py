@@ -1,5 +1,10 @@
 """Progressive distillation (Salimans & Ho, ICLR 2022) of a VP prior into a few-step DDIM sampler.
 
+Reference code: google-research/google-research ``diffusion_distillation/diffusion_distillation/dpm.py``
+(commit 1d4d2f1), ``Model.training_losses`` L250-284 (two teacher DDIM steps, the x target implied by
+z_teacher, the teacher's single-step x at i == 0) and L300-305 (``snr_trunc``: max(x_mse, eps_mse),
+i.e. the truncated-SNR weight below).
+
 Alg. 2: the student, initialised from the teacher, learns to take in one DDIM (eta = 0) step what the
 teacher takes in two; each round halves the steps (N -> N/2 -> ... -> ``target_steps``) and the
 trained student is the next round's teacher.  For z_t = alpha_t x + sigma_t eps at a student grid

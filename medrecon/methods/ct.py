@@ -12,6 +12,12 @@ call.  `medrecon.pipeline.reconstruct_file` reads the scan, runs the method and 
 Every CT method also takes the options of its input (`medrecon.ct.inputs`): ``dose`` (``normal``:
 a low-dose scan of a DICOM series is simulated with ``i0`` photons, electronic noise ``sigma_e``,
 ``noise_seed`` and ``n_angles`` views, default 3N/2; ``low``: the series is the LDCT image).
+Reference code: latent cold diffusion for CT (Comput. Biol. Med. 2025, 110517) has no public code
+(METHODS.md); its sampler, `medrecon.ct.cold_diffusion`, is Bansal et al.'s Algorithm 2.  The pixel DDPM
+runs the generic solvers of `medrecon.sample` (tested equal to diffusers).  This module registers them
+and holds their options; the pixel-ddpm defaults (DPM-Solver++ 20, ``ldct_above=300``) are measured
+choices (docs/bench_ct.md), not a reference's.
+
 The network methods' ``checkpoint`` defaults to the shipped 128x128 CT priors (``""``:
 ``ct128-latent-cold`` / ``ct128-pixel-ddpm``, `medrecon.builtin_priors`); a builtin name or a
 ``medrecon train --recipe ct-*`` folder is also accepted.

@@ -1,6 +1,8 @@
 """Distilled checkpoints run on the grid they were distilled for, or not at all.
 
 A student of progressive distillation (`medrecon.models.distill`, Salimans & Ho, ICLR 2022, Alg. 2)
+(reference code: google-research/google-research ``diffusion_distillation/diffusion_distillation/dpm.py``
+L250-284, cited in `medrecon.models.distill`; its ``ddim_step`` L312-324 samples on the training grid only)
 has learnt one step per interval of one grid: its config.json ``extra["distilled"]`` holds ``steps``
 (K) and ``grid`` (the K + 1 times of ``medrecon.posterior.ddim_dc.grid(K, T)``).  On any other grid
 its eps is that of no model, so the VP methods call `check_distilled` after loading the prior:

@@ -1,6 +1,8 @@
 """FDMR as a ``medrecon.reconstruct`` method (importing this module registers it): the DDGAN
 generator's checkpoint, the optional VP refinement prior, the ``normalize`` scale.  The three-stage
-sampler and its options (`FDMROptions`) are `medrecon.posterior.fdmr`."""
+sampler and its options (`FDMROptions`) are `medrecon.posterior.fdmr`, which cites the reference code it
+follows (NVlabs/denoising-diffusion-gan for the DDGAN chain; FDMR itself has no public code).  This
+module only loads checkpoints and rescales."""
 from __future__ import annotations
 
 import torch

@@ -1,5 +1,9 @@
 """Checkpoints of the diffusion methods: resolution, loading, one cache, network adapters.
 
+No sampler algorithm lives here (the samplers in `medrecon.posterior` cite their reference code); the
+VP eps -> VE score conversion follows k-diffusion's ``DiscreteEpsDDPMDenoiser``
+(crowsonkb/k-diffusion ``k_diffusion/external.py``).
+
 Every diffusion method takes a ``checkpoint`` option: the name of a prior shipped with medrecon
 (`medrecon.builtin_priors`; ``""`` is the method's default, its registered ``prior``) or the
 directory of a checkpoint written by ``medrecon train`` / `medrecon.models.checkpoint.save_checkpoint`

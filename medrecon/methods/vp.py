@@ -1,5 +1,9 @@
 """The VP posterior samplers as ``medrecon.reconstruct`` methods (importing this module registers them).
 
+Registration, option parsing and checkpoint loading only: each algorithm, with the repository, file and
+lines of the reference code it follows (HJ-harry/DDS, wyhuai/DDNM, yuanzhi-zhu/DiffPIR, HJ-harry/score-MRI;
+CCDF has none public), is in its `medrecon.posterior` module.
+
 Names: ``dds``, ``ddnm``, ``diffpir``, ``dps``, ``ccdf``, ``score-mri``.  Each takes a ``checkpoint``
 option (`medrecon.methods.priors`), default ``brain128-vp`` (trained on the simulated brain,
 128-wide images: docs/priors.md).  A complex (2-channel) network is required, except for
