@@ -2,7 +2,7 @@
 
     medrecon recon INPUT [INPUT ...] --method cg-sense [--mask equispaced_fraction
         --acceleration 4 --center-fraction 0.08 --seed 0] [--sample-seed N] [--slices a:b]
-        [--steps N --solver S --cache C] [--coils 1] [--out OUT] [--format h5|nifti|dicom]
+        [--steps N --solver S --cache C] [--samples K] [--coils 1] [--out OUT] [--format h5|nifti|dicom]
         [--overwrite] [--keep-phi] [--allow-irregular-spacing] [--json]
         [--option key=value ...] [--device cuda --batch-size 8] [--quiet]
 
@@ -21,7 +21,8 @@ folder itself is the series when there is one input).  Outputs keep the input's 
 DICOM output of a DICOM input also its patient/study).  ``--seed`` (alias ``--mask-seed``) seeds
 the retrospective mask; ``--sample-seed`` the diffusion sampler.  ``--steps``/``--solver``/
 ``--cache`` set the method options ``steps``/``solver``/``cache`` (an error for a method without
-that option).  ``-o KEY=VALUE`` strings are parsed once, here (`medrecon.options`), into the
+that option).  ``--samples K`` averages K posterior samples per slice (diffusion methods; an
+error for the others).  ``-o KEY=VALUE`` strings are parsed once, here (`medrecon.options`), into the
 method's options dataclass, which is passed down.
 
 CT: with a CT method (``fbp``, ``latent-cold-diffusion``, ``pixel-ddpm``; `medrecon methods`) the
@@ -70,6 +71,9 @@ def register(subparsers) -> None:
                    help="generic solver (ddim, dpm-solver++, unipc, ...): the option 'solver'")
     p.add_argument("--cache", default=None,
                    help="feature cache (DeepCache) setting: the method option 'cache'")
+    p.add_argument("--samples", type=int, default=1,
+                   help="MRI diffusion methods: average this many posterior samples per slice, "
+                   "drawn in one batched run (the posterior mean; NFE counts all of them)")
     p.add_argument("--coils", type=int, default=1,
                    help="DICOM/NIfTI inputs: simulated coils (1: single-coil; N: the "
                    "simulator's birdcage maps)")
@@ -232,6 +236,8 @@ def _check_usage(args) -> None:
         raise ValueError(f"--batch-size must be >= 1, got {args.batch_size}")
     if args.coils < 1:
         raise ValueError(f"--coils must be >= 1, got {args.coils}")
+    if args.samples < 1:
+        raise ValueError(f"--samples must be >= 1, got {args.samples}")
     check_device(args.device)
 
 
@@ -241,12 +247,14 @@ def run(args) -> int:
     from medrecon.datasets.publish import printable
     from medrecon.inputs import find_inputs
     from medrecon.pipeline import MaskSpec, reconstruct_file
+    from medrecon.reconstruct import check_samples
     from medrecon.registry import get_method
 
     _check_usage(args)
     sugar = _sugar(args)
     spec = get_method(args.method)  # fail early on an unknown method or option
     options = resolve_cli_options(args, sugar)
+    check_samples(args.samples, spec)  # a usage error: samples > 1 with a deterministic method
     files = find_inputs(args.inputs)
     ct = spec.modality == "ct"
     if not ct:
@@ -270,7 +278,7 @@ def run(args) -> int:
                                    out_format=fmt, batch_size=args.batch_size,
                                    coils=args.coils, keep_phi=args.keep_phi,
                                    allow_irregular_spacing=args.allow_irregular_spacing,
-                                   options=options)
+                                   options=options, samples=args.samples)
         except (ValueError, OSError, KeyError, RuntimeError) as exc:
             failed += 1
             tqdm.write(f"medrecon recon: error: {_error_line(src, exc)}", file=sys.stderr)

@@ -6,11 +6,12 @@ Inputs: for MRI methods a fastMRI HDF5 file (k-space), or a DICOM MR series / NI
 (`medrecon.ct.inputs`).  This is what ``medrecon recon`` runs for each input; notebooks and
 pipelines call it directly and get the same record the CLI prints with ``--json``:
 
-``{"file", "method", "options", "nfe", "seconds", "seconds_per_slice", "slices", "shape",
+``{"file", "method", "options", "nfe", "samples", "seconds", "seconds_per_slice", "slices", "shape",
 "recon_size", "mask", "metrics", "input_format", "simulation", "seed", "output", "prior",
 "medrecon_version"}`` where ``mask`` is ``"file"`` (the file's own mask: test/challenge data),
 ``{"kind", "acceleration", "center_fraction", "seed", "sampled_fraction"}`` (retrospective
-undersampling) or ``null`` (CT); ``nfe`` is network evaluations per slice (CT: per call),
+undersampling) or ``null`` (CT); ``nfe`` is network evaluations per slice (CT: per call;
+``samples`` > 1 averaged posterior samples: all of them; CT records have no ``samples``),
 ``seconds`` the reconstruction time of the volume (sensitivity estimation included, file I/O
 excluded), and ``metrics`` = ``{"nmse", "psnr", "ssim"}`` (fastMRI conventions) against the
 fully sampled RSS image at the recon matrix for a fully sampled fastMRI file, against the input
@@ -52,7 +53,7 @@ from medrecon.physics.coils import rss
 from medrecon.physics.fft import ifft2c
 from medrecon.physics.masks import make_mask
 from medrecon.provenance import medrecon_version, prior_digest
-from medrecon.reconstruct import reconstruct
+from medrecon.reconstruct import check_samples, reconstruct
 from medrecon.registry import (DEFAULT_SEED, get_method, list_methods, options_to_dict,
                                resolve_options)
 
@@ -75,7 +76,8 @@ def reconstruct_file(path, method: str = "cg-sense", mask: MaskSpec | None = Non
                      seed: int | None = None, out_format: str | None = None,
                      batch_size: int = 1, coils: int = 1, keep_phi: bool = False,
                      allow_irregular_spacing: bool = False, options=None, priors=None,
-                     timings: dict[str, float] | None = None, **kwargs) -> dict[str, Any]:
+                     timings: dict[str, float] | None = None, samples: int = 1,
+                     **kwargs) -> dict[str, Any]:
     """Reconstruct the selected slices of a fastMRI file, DICOM MR series or NIfTI volume
     (`medrecon.inputs.input_kind`) with an MRI method, or of a CT scan (DICOM CT series or
     sinogram file, `medrecon.ct.inputs`) with a CT method; write ``out`` if given.
@@ -95,7 +97,9 @@ def reconstruct_file(path, method: str = "cg-sense", mask: MaskSpec | None = Non
     ``allow_irregular_spacing`` reads MRI image inputs whose slices are unevenly spaced
     (`medrecon.image_inputs.read_image_volume`).  ``priors``: the
     `medrecon.methods.priors.PriorCache` networks are loaded into and taken from (None: the
-    shared default; a `medrecon.Reconstructor` passes its own).  ``timings``: a dict filled
+    shared default; a `medrecon.Reconstructor` passes its own).  ``samples``: MRI diffusion
+    methods average that many posterior samples per slice (`medrecon.reconstruct`; the record's
+    ``nfe`` counts all of them).  ``timings``: a dict filled
     with the seconds of each stage (``read``, ``maps``, ``reconstruct``, ``write``;
     `medrecon.bench.pipeline` reports them).
 
@@ -110,6 +114,7 @@ def reconstruct_file(path, method: str = "cg-sense", mask: MaskSpec | None = Non
         raise ValueError(f"batch_size must be >= 1, got {batch_size}")
     spec = get_method(method)
     opts = resolved_options(spec, options, kwargs)  # fail before any reading
+    samples = check_samples(samples, spec)
     if spec.modality != "ct" and is_ct_input(path):
         ct = ", ".join(s.name for s in list_methods() if s.modality == "ct")
         raise ValueError(f"{printable(path)} is a CT scan; method {method!r} is for MRI: use a "
@@ -129,7 +134,7 @@ def reconstruct_file(path, method: str = "cg-sense", mask: MaskSpec | None = Non
                                                      batch_size, priors)
     else:
         run = _Runner(printable(Path(path).name), spec, opts, seed, device, progress,
-                      batch_size, priors)
+                      batch_size, priors, samples)
         if input_kind(path) in ("fastmri", "ismrmrd", "twix"):  # k-space (medrecon.inputs)
             pred, record, affine, reference = _fastmri_volume(path, mask, slices, batch_size, run)
         else:
@@ -186,8 +191,10 @@ def _ct_volume(path, spec, opts, slices, seed, device, batch_size: int, priors=N
 class _Runner:
     """One method over the batches of a volume: timing, NFE, and the progress bars."""
 
-    def __init__(self, name, spec, opts, seed, device, progress, batch_size, priors=None):
+    def __init__(self, name, spec, opts, seed, device, progress, batch_size, priors=None,
+                 samples: int = 1):
         self.method, self.seed, self.device, self.opts = spec.name, seed, device, opts
+        self.samples = samples
         self.priors, self.callback = priors, None
         self.progress, self.name, self.batch_size = progress, name, batch_size
         self.diffusion = spec.kind == "diffusion"
@@ -208,7 +215,8 @@ class _Runner:
             image = torch.zeros(k.shape[:-3] + k.shape[-2:], dtype=torch.complex64, device=k.device)
             return k, ReconResult(image, self.method, self.used, self.nfe, 0.0)
         res = reconstruct(k, m.to(k.device), self.method, smaps=smaps, seed=self.seed,
-                          callback=self.callback, priors=self.priors, options=self.opts)
+                          callback=self.callback, priors=self.priors, options=self.opts,
+                          samples=self.samples)
         self.seconds += res.seconds
         self.stages["maps"] += res.maps_seconds
         self.stages["reconstruct"] += res.seconds - res.maps_seconds
@@ -256,6 +264,7 @@ class _Runner:
 
     def record(self, path, rows: range, **fields) -> dict[str, Any]:
         return {"file": str(path), "method": self.method, "options": self.used, "nfe": self.nfe,
+                "samples": self.samples,
                 "seconds": round(self.seconds, 4),
                 "seconds_per_slice": round(self.seconds / len(rows), 4),
                 "slices": [rows.start, rows.stop], **fields, "seed": self.seed, "output": None,

@@ -31,7 +31,7 @@ from medrecon.physics.coils import estimate_smaps
 from medrecon.physics.mri import check_mask
 from medrecon.registry import get_method, options_to_dict, resolve_options, seeded_generator
 
-__all__ = ["ReconResult", "reconstruct", "validate_inputs", "check_not_degenerate"]
+__all__ = ["ReconResult", "reconstruct", "validate_inputs", "check_not_degenerate", "check_samples"]
 
 _OPTIONAL = ("callback", "priors")  # keywords a method function may take (medrecon.registry)
 
@@ -48,6 +48,8 @@ class ReconResult:
     seconds: float
     smaps: torch.Tensor | None = field(default=None, repr=False)
     maps_seconds: float = 0.0  # the part of ``seconds`` spent estimating ``smaps`` (ESPIRiT)
+    samples: int = 1  # posterior samples averaged into ``image`` (``reconstruct(samples=K)``)
+    std: torch.Tensor | None = field(default=None, repr=False)  # their per-pixel std (K > 1)
 
     @property
     def magnitude(self) -> torch.Tensor:
@@ -107,8 +109,15 @@ def _accepts(fn: Callable) -> frozenset[str]:
 def reconstruct(kspace: torch.Tensor, mask: torch.Tensor, method: str = "zero-filled", *,
                 smaps: torch.Tensor | None = None, seed: int | None = None,
                 callback: Callable[[int, torch.Tensor], None] | None = None,
-                priors: PriorCache | None = None, options: Any = None, **kwargs) -> ReconResult:
+                priors: PriorCache | None = None, options: Any = None, samples: int = 1,
+                **kwargs) -> ReconResult:
     """Reconstruct ``kspace`` ``[..., C, H, W]`` sampled on ``mask`` with a registered method.
+
+    ``samples=K`` (diffusion methods): K posterior samples drawn in one batched run (a leading
+    batch axis of K through the network) and averaged -- the Monte-Carlo posterior mean, the
+    MMSE estimate that minimises the expected squared error (Jalal et al., NeurIPS 2021, report
+    it for CS-MRI) -- with their per-pixel standard deviation in ``std`` (an uncertainty map).
+    ``nfe`` is then the network evaluations of all K samples (K x the per-sample count).
 
     Options: keywords (``steps=50``) or ``options=`` the method's resolved options dataclass (or a
     dict), not both.  ``callback(i, x)`` is called after each sampler step (``i`` from 0, ``x`` the
@@ -122,6 +131,7 @@ def reconstruct(kspace: torch.Tensor, mask: torch.Tensor, method: str = "zero-fi
         raise ValueError(f"options for method {method!r}: give options= or keywords, not both "
                          f"(got options= and {sorted(kwargs)})")
     opts = resolve_options(spec, kwargs if options is None else options)
+    samples = check_samples(samples, spec)
     kspace, m = validate_inputs(kspace, mask, smaps)
     y = kspace * m.unsqueeze(-3)
     check_not_degenerate(y, m)
@@ -135,8 +145,31 @@ def reconstruct(kspace: torch.Tensor, mask: torch.Tensor, method: str = "zero-fi
         t_maps = time.perf_counter()
     gen = seeded_generator(seed, kspace.device)
     extra = {k: v for k, v in (("callback", callback), ("priors", priors)) if k in _accepts(spec.fn)}
-    image, nfe = spec.fn(y, m, smaps, opts, gen, **extra)
+    std = None
+    if samples == 1:
+        image, nfe = spec.fn(y, m, smaps, opts, gen, **extra)
+    else:  # K samples as a leading batch axis: one batched sampler run
+        lead = (samples,) + y.shape[:-3]
+        maps = None if smaps is None else smaps.expand(*lead, *smaps.shape[-3:]).contiguous()
+        draws, nfe = spec.fn(y.expand(*lead, *y.shape[-3:]).contiguous(), m, maps, opts, gen, **extra)
+        image = draws.mean(0)
+        std = (draws - image).abs().pow(2).mean(0).sqrt()
+        nfe = int(nfe) * samples
     sync()
     seconds = time.perf_counter() - t0
     return ReconResult(image=image, method=method, options=options_to_dict(opts), nfe=int(nfe),
-                       seconds=seconds, smaps=smaps, maps_seconds=t_maps - t0)
+                       seconds=seconds, smaps=smaps, maps_seconds=t_maps - t0, samples=samples,
+                       std=std)
+
+
+def check_samples(samples, spec) -> int:
+    """``samples`` as an int >= 1; more than one only for a diffusion (stochastic) method."""
+    if isinstance(samples, bool) or not isinstance(samples, int) or samples < 1:
+        raise ValueError(f"samples: expected an int >= 1, got {samples!r}")
+    if samples > 1 and spec.modality != "mri":
+        raise ValueError(f"samples={samples}: method {spec.name!r} is a {spec.modality.upper()} method; "
+                         "averaging posterior samples is for the MRI diffusion methods")
+    if samples > 1 and spec.kind != "diffusion":
+        raise ValueError(f"samples={samples}: method {spec.name!r} is deterministic (it draws no "
+                         "samples); samples > 1 needs a diffusion method")
+    return samples

@@ -70,28 +70,32 @@ class Reconstructor:
         return x.to(self.device)
 
     def __call__(self, kspace: torch.Tensor, mask: torch.Tensor,
-                 smaps: torch.Tensor | None = None, seed: int | None = None) -> ReconResult:
+                 smaps: torch.Tensor | None = None, seed: int | None = None,
+                 samples: int = 1) -> ReconResult:
         """Reconstruct ``kspace`` ``[..., C, H, W]`` sampled on ``mask`` (see `reconstruct`);
-        a batch of slices in the leading dims is reconstructed in one call."""
+        a batch of slices in the leading dims is reconstructed in one call; ``samples`` > 1
+        averages that many posterior samples (diffusion methods)."""
         kspace, mask, smaps = self._to(kspace), self._to(mask), self._to(smaps)
         return reconstruct(kspace, mask, self.method, smaps=smaps, seed=seed, priors=self.priors,
-                           options=self.opts)
+                           options=self.opts, samples=samples)
 
     def reconstruct_file(self, path, mask: MaskSpec | None = None, slices: str | None = None,
                          out=None, overwrite: bool = False, progress: bool = False,
                          seed: int | None = None, out_format: str | None = None,
-                         batch_size: int = 1, coils: int = 1) -> dict[str, Any]:
+                         batch_size: int = 1, coils: int = 1, samples: int = 1) -> dict[str, Any]:
         """`medrecon.pipeline.reconstruct_file` with this method, options and device: the JSON
         record of the volume; ``path`` a fastMRI .h5 file, a DICOM MR series or a NIfTI volume
         (images: k-space simulated with ``coils`` coils, `medrecon.image_inputs`); ``out`` (.h5,
         .nii/.nii.gz or a DICOM folder) written if given, with the record's method, options,
-        NFE, time and seed; ``batch_size`` slices per call (e.g. 8 on a GPU)."""
+        NFE, time and seed; ``batch_size`` slices per call (e.g. 8 on a GPU); ``samples``
+        posterior samples averaged per slice."""
         from medrecon.pipeline import reconstruct_file
 
         device = str(self.device) if self.device is not None else None
         return reconstruct_file(path, self.method, mask, slices, out, overwrite, progress,
                                 device, seed=seed, out_format=out_format, batch_size=batch_size,
-                                coils=coils, options=self.opts, priors=self.priors)
+                                coils=coils, options=self.opts, priors=self.priors,
+                                samples=samples)
 
     def __repr__(self) -> str:
         changed = {f.name: self.options[f.name] for f in dataclasses.fields(self.spec.options)

@@ -32,7 +32,11 @@ Recipe options: ``size`` (128), ``n_train`` (256), ``slices_per_volume`` (4), ``
 ``sigma_e`` (5), ``T`` (10, cold steps), ``schedule`` (cosine), ``loss`` (l1, cold), ``kl_weight``
 (1e-6), ``zoom_fraction`` (0.5: that share of the volumes is magnified 1.1-1.8x, the head cut by
 the FOV circle as in zoomed clinical series), ``autoencoder`` (DIR), ``ae_steps`` (1000) and ``ae_preset`` (small), when
-ct-latent-cold trains its own, ``threads`` (torch threads; default unchanged), ``cache`` (a
+ct-latent-cold trains its own, ``ae_lr_min`` (-1: constant learning rate; >= 0: cosine decay to it over
+the autoencoder steps of this run) and ``ae_augment`` (0; 1: random 90-degree rotations and flips of
+the autoencoder's batches), ``ae_texture`` (0: that share of each autoencoder batch is generic
+texture, `medrecon.ct.textures`) and ``ae_crop`` (0: whole slices; else random square windows of
+that side), ``ae_l2`` (0: weight of an MSE term beside the autoencoder's L1, `medrecon.ct.autoencoder.ae_loss`), ``threads`` (torch threads; default unchanged), ``cache`` (a
 ``.pt`` file the simulated pairs are kept in and re-read from, keyed by the data record).
 Defaults: ``--steps`` 1000 (AE) / 3000, ``--batch-size 8``, ``--lr`` 1e-3 (AE) / 5e-4, EMA 0.999
 with warm-up (``medrecon.ct.fit``).
@@ -59,11 +63,14 @@ CT_UNET = {"channels": [16, 32, 64, 64], "attention_levels": [False] * 4,
 
 _OPTIONS = {"size": 128, "n_train": 256, "slices_per_volume": 4, "i0": 1e4, "sigma_e": 5.0,
             "T": 10, "schedule": "cosine", "loss": "l1", "kl_weight": 1e-6, "autoencoder": None,
-            "ae_steps": 1000, "ae_preset": "small", "threads": 0, "cache": None, "zoom_fraction": 0.5}
-_INTS = ("size", "n_train", "slices_per_volume", "T", "ae_steps", "threads")
-_FLOATS = ("i0", "sigma_e", "kl_weight", "zoom_fraction")
+            "ae_steps": 1000, "ae_preset": "small", "threads": 0, "cache": None, "zoom_fraction": 0.5,
+            "ae_lr_min": -1.0, "ae_augment": 0, "ae_texture": 0.0, "ae_crop": 0,
+            "ae_l2": 0.0}
+_INTS = ("size", "n_train", "slices_per_volume", "T", "ae_steps", "threads", "ae_augment", "ae_crop")
+_FLOATS = ("i0", "sigma_e", "kl_weight", "zoom_fraction", "ae_lr_min", "ae_texture", "ae_l2")
 _VALID = {"ct-autoencoder": ("size", "n_train", "slices_per_volume", "i0", "sigma_e", "kl_weight",
-                             "threads", "cache", "zoom_fraction"),
+                             "threads", "cache", "zoom_fraction", "ae_lr_min", "ae_augment", "ae_texture",
+                             "ae_crop", "ae_l2"),
           "ct-latent-cold": tuple(_OPTIONS),
           "ct-pixel-ddpm": ("size", "n_train", "slices_per_volume", "i0", "sigma_e", "threads", "cache",
                             "zoom_fraction")}
@@ -91,6 +98,15 @@ def _options(args, recipe: str) -> dict:
     if -(-opts["n_train"] // opts["slices_per_volume"]) > 1000:
         raise ValueError("--recipe-option n_train / slices_per_volume: more than 1000 volumes would "
                          "reach the held-out simulator seeds (>= 1000)")
+    if opts["ae_augment"] not in (0, 1):
+        raise ValueError(f"--recipe-option ae_augment: expected 0 or 1, got {opts['ae_augment']}")
+    if opts["ae_crop"] < 0 or opts["ae_crop"] > opts["size"]:
+        raise ValueError(f"--recipe-option ae_crop: expected 0 (whole slices) or a side <= size "
+                         f"{opts['size']}, got {opts['ae_crop']}")
+    if opts["ae_l2"] < 0:
+        raise ValueError(f"--recipe-option ae_l2: expected >= 0, got {opts['ae_l2']}")
+    if not 0.0 <= opts["ae_texture"] <= 1.0:
+        raise ValueError(f"--recipe-option ae_texture: expected a fraction in [0, 1], got {opts['ae_texture']}")
     if not opts["i0"] > 0 or opts["sigma_e"] < 0:
         raise ValueError(f"--recipe-option i0 must be > 0 and sigma_e >= 0, got {opts['i0']}, "
                          f"{opts['sigma_e']}")
@@ -240,11 +256,17 @@ def _train_autoencoder(out: Path, args, opts: dict, g: dict, data=None, steps: i
     data = _simulate(opts) if data is None else data
     res = train_autoencoder(model, data, steps=steps - start, batch_size=g["batch_size"], lr=g["lr"],
                             kl_weight=opts["kl_weight"], grad_clip=g["grad_clip"], seed=g["seed"],
-                            device=g["device"], progress=g["progress"], start_step=start)
+                            device=g["device"], progress=g["progress"], start_step=start,
+                            lr_min=opts["ae_lr_min"] if opts["ae_lr_min"] >= 0 else None,
+                            augment=bool(opts["ae_augment"]), texture_fraction=opts["ae_texture"],
+                            crop=opts["ae_crop"] or None, l2_weight=opts["ae_l2"])
     from medrecon.ct.autoencoder import save_autoencoder
 
     extra = train_record(recipe, opts, g, steps, res.seconds, res.losses, prev,
-                         preset=g["preset"], kl_weight=opts["kl_weight"])
+                         preset=g["preset"], kl_weight=opts["kl_weight"],
+                         lr_min=opts["ae_lr_min"] if opts["ae_lr_min"] >= 0 else None,
+                         augment=bool(opts["ae_augment"]), texture_fraction=opts["ae_texture"],
+                         crop=opts["ae_crop"] or None, l2_weight=opts["ae_l2"])
     save_autoencoder(out, res.autoencoder, step=steps, overwrite=True, extra=extra)
     print(f"autoencoder: {steps} steps, {res.seconds:.1f} s, final L1+KL {extra['final_loss']:.4f} -> {out}")
     return 0

@@ -17,6 +17,7 @@ fixed 0.999 they would still weigh 0.999^3000 = 5 % after 3000 steps).
 """
 from __future__ import annotations
 
+import math
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -65,11 +66,15 @@ def check_steps(steps: int, batch_size: int) -> None:
 def fit(net: nn.Module, loss_fn: Callable[[torch.Generator], torch.Tensor], *, steps: int,
         lr: float, seed: int, device: torch.device, ema_decay: float | None = None,
         grad_clip: float | None = 1.0, params=None, progress: bool = False, start_step: int = 0,
-        ema_state: dict[str, torch.Tensor] | None = None) -> FitResult:
+        ema_state: dict[str, torch.Tensor] | None = None, lr_min: float | None = None) -> FitResult:
     """Run ``steps`` AdamW steps (numbered ``start_step ..``) on ``loss_fn(generator)``; the net is
-    left in eval mode.  ``ema_state`` seeds the EMA when continuing a run."""
+    left in eval mode.  ``ema_state`` seeds the EMA when continuing a run.  ``lr_min``: the
+    learning rate decays from ``lr`` to ``lr_min`` on a half cosine over the steps of this call
+    (SGDR without restarts, Loshchilov & Hutter 2017); None keeps ``lr`` constant."""
     params = list(net.parameters()) if params is None else list(params)
     opt = torch.optim.AdamW(params, lr=lr, weight_decay=0.0)
+    if lr_min is not None and not 0 <= lr_min <= lr:
+        raise ValueError(f"lr_min: expected 0 <= lr_min <= lr = {lr}, got {lr_min}")
     start = int(start_step)
     if start < 0:
         raise ValueError(f"start_step: expected >= 0, got {start_step!r}")
@@ -83,6 +88,10 @@ def fit(net: nn.Module, loss_fn: Callable[[torch.Generator], torch.Tensor], *, s
     t0 = time.perf_counter()
     try:
         for step in range(start, start + int(steps)):
+            if lr_min is not None:
+                frac = (step - start) / max(1, int(steps))
+                for group in opt.param_groups:
+                    group["lr"] = lr_min + 0.5 * (lr - lr_min) * (1.0 + math.cos(math.pi * frac))
             g = step_generator(seed, 0, step, device)
             loss = loss_fn(g)
             if not torch.isfinite(loss):

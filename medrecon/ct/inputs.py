@@ -4,13 +4,19 @@
 modality LUT).  Square slices only.  Option ``dose``:
 
 - ``"normal"`` (default): the series is taken as a normal-dose image and a low-dose scan of it is
-  simulated, as the training pairs are (`medrecon.ct.data`): HU -> ``mu = hu_to_mu(HU)`` ->
-  parallel-beam line integrals with the *default geometry* -- ``ParallelBeam(N, angles)``,
-  ``n_angles`` (default ``3N/2``) views evenly over [0, pi), N detectors at the pixel spacing,
-  pixel size = PixelSpacing -- then ``physics.ct_noise.simulate_lowdose`` with incident flux ``i0``
+  simulated, as the training pairs are (`medrecon.ct.data`): HU, clipped below at -1000 (air:
+  the -2000 / -3024 padding outside a scanner's FOV attenuates nothing), -> ``mu = hu_to_mu(HU)``
+  -> parallel-beam line integrals of the *whole square slice* -- ``ParallelBeam(N, angles,
+  n_detectors=ceil(sqrt(2) N), circle=False)``, ``n_angles`` (default ``3N/2``) views evenly over
+  [0, pi), detectors at the pixel spacing, pixel size = PixelSpacing -- then ``physics.ct_noise.simulate_lowdose`` with incident flux ``i0``
   (default 1e4 photons per element), electronic noise ``sigma_e`` (default 5 photons) and
   ``noise_seed`` (default 0; slice k uses ``noise_seed + k``).  The reference for the metrics
-  is the FBP of the noise-free projections (what the networks are trained towards).
+  is the FBP of the noise-free projections (what the networks are trained towards).  A
+  zoomed series (the anatomy fills the square, as pydicom's ``CT_small.dcm``) is thereby measured
+  completely, as the scanner measured the body; before 2026-12-06 the projector assumed the
+  object inside the inscribed circle (N detectors), so the corners were cut from the rays and
+  every FBP, the reference included, had a one-pixel ring of up to +2000 HU at the FOV edge
+  that no denoiser trained on complete projections can reproduce.
 - ``"low"``: the series already is a low-dose (FBP) image: it is used as the LDCT image as is
   (no sinogram, no reference; ``fbp`` has nothing to do and is refused).
 
@@ -389,10 +395,12 @@ def _read_dicom(p: Path, options: dict, slices) -> CTScan:
     if n_angles < 2:
         raise ValueError(f"option n_angles: expected >= 2, got {n_angles}")
     angles = torch.arange(n_angles, dtype=torch.float64) * (math.pi / n_angles)
-    geo = ParallelBeam(r, angles, detector_spacing=float(dr), pixel_size=float(dr))
+    n_det = math.ceil(math.sqrt(2) * r)  # every ray through the square (module docstring)
+    geo = ParallelBeam(r, angles, n_det, detector_spacing=float(dr), pixel_size=float(dr),
+                       circle=False)
     i0, sigma_e = float(options.get("i0", 1e4)), float(options.get("sigma_e", 5.0))
     seed = int(options.get("noise_seed", 0))
-    mu = hu_to_mu(torch.from_numpy(hu), MU_WATER)
+    mu = hu_to_mu(torch.from_numpy(hu).clamp(min=-1000.0), MU_WATER)
     clean = geo.forward(mu)
     low = torch.empty_like(clean)
     for k in range(clean.shape[0]):  # slice k: noise_seed + absolute slice index
@@ -400,8 +408,10 @@ def _read_dicom(p: Path, options: dict, slices) -> CTScan:
         low[k] = simulate_lowdose(clean[k], i0, sigma_e, g)
     sim = {"kind": "lowdose", "i0": i0, "sigma_e": sigma_e, "noise_seed": seed,
            "geometry": "parallel", "n_angles": n_angles, "angles": "evenly over [0, 180) deg",
-           "detector_spacing_mm": float(dr), "reference": "FBP of the noise-free projections"}
-    info.update(geometry="parallel", n_angles=n_angles, n_detectors=r,
+           "detector_spacing_mm": float(dr), "n_detectors": n_det,
+           "projector": "whole square (circle=False), HU clipped at -1000",
+           "reference": "FBP of the noise-free projections"}
+    info.update(geometry="parallel", n_angles=n_angles, n_detectors=n_det,
                 detector_spacing_mm=float(dr))
     return CTScan(p, "dicom", geo, low, reference_hu=("sinogram", clean), mu_water=MU_WATER,
                   affine=slab.affine, series=slab, simulation=sim, info=info,

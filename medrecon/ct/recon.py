@@ -76,11 +76,6 @@ class CTNetworks:
                 raise ValueError(f"option solver={opts.solver!r}: expected one of "
                                  f"{', '.join(SOLVERS)}")
 
-    def check_size(self, n: int, where) -> None:
-        if self.size is not None and n != self.size:
-            raise ValueError(f"{where}: the {self.method} networks were trained on {self.size} x "
-                             f"{self.size} slices, this input has {n} x {n}; resample the input or "
-                             "train at that size (--recipe-option size=N)")
 
     def __call__(self, ldct: torch.Tensor, opts, seed: int) -> tuple[torch.Tensor, int]:
         """Denoise normalised LDCT ``[B, 1, N, N]``; returns (image, NFE per slice batch)."""
@@ -88,7 +83,8 @@ class CTNetworks:
         if self.method == "latent-cold-diffusion":
             from .cold_diffusion import reconstruct_cold
 
-            return reconstruct_cold(self.cold, self.ae, x, opts.steps, opts.algorithm)
+            return reconstruct_cold(self.cold, self.ae, x, opts.steps, opts.algorithm,
+                                    opts.decoder_residual)
         from .pixel_ddpm import sample_pixel_ddpm
 
         extra = {"eta": opts.eta} if opts.eta is not None else {}
@@ -149,7 +145,9 @@ def denoise(nets: CTNetworks, scan: CTScan, opts, seed: int,
     once); the batch starting at slice k is seeded ``seed + k``.  Returns (HU, NFE per call)."""
     from .data import from_hu
 
-    nets.check_size(scan.image_size, scan.path)
+    # any N: the networks are convolutional (padded to their multiple, models.padding).  The shipped
+    # 128x128 priors beat FBP on pydicom's real 512x512 slices (docs/priors.md), so a size other
+    # than the training size is not refused (before 2026-12-06 it was)
     x = from_hu(ldct_image(scan, opts.filter)).float()[:, None]
     b = batch_size if batch_size > 1 else x.shape[0]
     parts, nfe = [], 0

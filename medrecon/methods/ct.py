@@ -74,6 +74,7 @@ class LatentColdOptions(CTInputOptions):
     autoencoder: str | None = None  # the autoencoder folder when checkpoint is the latent one
     steps: int | None = None  # None: T
     algorithm: str = "improved"  # Bansal et al. Algorithm 2; "naive": Algorithm 1
+    decoder_residual: bool = False  # add x - D(E(x)) of the LDCT input (cold_diffusion.reconstruct_cold)
 
     def __post_init__(self) -> None:
         super().__post_init__()

@@ -194,6 +194,7 @@ class CCDFOptions:
     checkpoint: str = VP_PRIOR
     steps: int = 100
     t0: float = 0.2
+    init: str = "cg-sense"  # the estimate diffused to t0: "cg-sense" (init_cg_iters) or "l1-wavelet"
     init_cg_iters: int = 10
     solver: str = "ddim"  # "ddim": the DDNM/DDS update (posterior/ddim_dc.py); else a generic solver
     eta: float = 0.85  # the DDNM/DDS default; above eta = 0 on validation slices 1500-1503 (ccdf.py)
@@ -213,10 +214,27 @@ class CCDFOptions:
 def _ccdf(kspace, mask, smaps, opts, generator, callback=None, priors=None):
     model, betas, A, y, s, g = _setup(kspace, mask, smaps, opts, generator, "ccdf", priors)
     eps = _grid_eps(model, betas, smaps, opts, "ccdf", opts.solver == "ddim")
-    x, nfe = ccdf(eps, A, y, betas, opts.steps, g, t0=opts.t0, init_cg_iters=opts.init_cg_iters,
+    x_init = _ccdf_init(y, mask, smaps, opts)
+    x, nfe = ccdf(eps, A, y, betas, opts.steps, g, t0=opts.t0, x_init=x_init, init_cg_iters=opts.init_cg_iters,
                   solver=opts.solver, eta=opts.eta, dc=opts.dc, gamma=opts.gamma, cg_iters=opts.cg_iters,
                   callback=callback)
     return x * s, nfe
+
+
+CCDF_INITS = ("cg-sense", "l1-wavelet")
+
+
+def _ccdf_init(y, mask, smaps, opts):
+    """CCDF's x_init: None (``ccdf`` runs ``init_cg_iters`` CG-SENSE steps) or the L1-wavelet
+    reconstruction (`medrecon.l1_wavelet`, the ``l1-wavelet`` method's defaults) of the normalised
+    k-space ``y`` -- the paper's point that a better initial estimate needs fewer steps."""
+    if opts.init not in CCDF_INITS:
+        raise ValueError(f"ccdf option init: expected one of {CCDF_INITS}, got {opts.init!r}")
+    if opts.init == "cg-sense":
+        return None
+    from medrecon.methods.classical import L1WaveletOptions, l1_wavelet
+
+    return l1_wavelet(y, mask, smaps, L1WaveletOptions(), None)[0]
 
 
 @dataclass

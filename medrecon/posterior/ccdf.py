@@ -16,6 +16,8 @@ on validation slices (simulator seeds 1500-1503, 8x equispaced, brain128-vp, 50 
 t0 = 0.2, seed 0): old 16.31, 25.55, 17.75, 21.21 dB (mean 20.21); the shared update with eta = 0
 13.56, 25.55, 16.13, 20.90 (19.03), with eta = 0.85 (the DDNM/DDS default, hence ours) 15.57,
 29.46, 16.69, 21.06 (20.69).  ``solver`` other than "ddim" runs that generic solver from mid-grid with the hook.
+``x_init`` may be any estimate: the ``ccdf`` method's ``init="l1-wavelet"`` passes the L1-wavelet
+reconstruction (`medrecon.methods.vp`), the paper's point that a better start needs fewer steps.
 """
 from __future__ import annotations
 

@@ -93,6 +93,23 @@ def test_recipe_option_errors(tmp_path):
                "--recipe-option", "slices_per_volume=1")
     with pytest.raises(ValueError, match="expected a number"):
         _train("--recipe", "ct-autoencoder", "--out", tmp_path / "a", "--recipe-option", "i0=lots")
+    with pytest.raises(ValueError, match="ae_texture"):
+        _train("--recipe", "ct-autoencoder", "--out", tmp_path / "a", "--recipe-option", "ae_texture=2")
+    with pytest.raises(ValueError, match="ae_augment"):
+        _train("--recipe", "ct-autoencoder", "--out", tmp_path / "a", "--recipe-option", "ae_augment=3")
+    assert not (tmp_path / "a").exists()  # refused before anything was simulated or written
+
+
+def test_autoencoder_recipe_texture_augment_cosine_recorded_and_resumed(tmp_path):
+    """The autoencoder options reach the trainer and its record; a longer --steps continues."""
+    out = tmp_path / "ae"
+    opts = ["--recipe-option", "ae_texture=0.5", "--recipe-option", "ae_augment=1", "--recipe-option", "ae_crop=8",
+            "--recipe-option", "ae_lr_min=1e-5"]
+    assert _train("--recipe", "ct-autoencoder", "--out", out, "--preset", "tiny", *SMALL, "--steps", "2", *opts) == 0
+    ex = _cfg(out)["extra"]
+    assert ex["texture_fraction"] == 0.5 and ex["augment"] is True and ex["lr_min"] == 1e-5 and ex["crop"] == 8
+    assert _train("--recipe", "ct-autoencoder", "--out", out, "--preset", "tiny", *SMALL, "--steps", "3", *opts) == 0
+    assert _cfg(out)["extra"]["steps"] == 3
 
 
 def test_warmup_ema_decay_and_continuation():

@@ -10,7 +10,7 @@ from medrecon.datasets.demo import make_demo_file
 from medrecon.datasets.fastmri import FastMRIFile, write_fastmri
 from medrecon.physics.masks import make_mask
 
-KEYS = {"file", "method", "options", "nfe", "seconds", "seconds_per_slice", "slices", "shape",
+KEYS = {"file", "method", "options", "nfe", "samples", "seconds", "seconds_per_slice", "slices", "shape",
         "recon_size", "mask", "seed", "output", "metrics", "input_format", "simulation", "prior", "medrecon_version"}
 # 64 columns: the default centre fraction 0.08 keeps 5 ACS lines, too few for ESPIRiT.
 ACS = ["--center-fraction", "0.16"]

@@ -44,9 +44,11 @@ def test_reconstruct_file_fbp_of_a_series_is_the_documented_simulation(ct_folder
     src = read_dicom_series(ct_folder / "series")
     px = float(src.pixel_spacing[0])
     n_angles = 3 * N // 2  # the documented default
+    # the whole square is projected (ceil(sqrt(2) N) detectors, circle=False), HU clipped at air
     geo = ParallelBeam(N, torch.arange(n_angles, dtype=torch.float64) * (math.pi / n_angles),
-                       detector_spacing=px, pixel_size=px)
-    clean = geo.forward(hu_to_mu(torch.from_numpy(src.volume.astype(np.float64)), MU_WATER))
+                       math.ceil(math.sqrt(2) * N), detector_spacing=px, pixel_size=px, circle=False)
+    hu = np.maximum(src.volume.astype(np.float64), -1000.0)
+    clean = geo.forward(hu_to_mu(torch.from_numpy(hu), MU_WATER))
     low = torch.stack([simulate_lowdose(clean[k], 2e4, 5.0, torch.Generator().manual_seed(4 + k))
                        for k in range(2)])
     want = mu_to_hu(fbp(low, geo, "ramp"), MU_WATER).numpy()

@@ -220,8 +220,10 @@ def test_network_methods(dicom_ct, sino_file, tiny_checkpoints, tmp_path, capsys
     rc, o = _run(capsys, dicom_ct, "--method", "pixel-ddpm", "--json", "-o", "dose=low",
                  "-o", f"checkpoint={tiny_checkpoints / 'pixel'}", "-o", "steps=2")
     assert rc == 0 and json.loads(o.out)["metrics"] is None
-    # wrong size for the networks: clear error
-    p = tmp_path / "big.npy"
-    np.save(p, np.ones((1, 24, 16), np.float32))
-    rc, o = _run(capsys, p, "--method", "pixel-ddpm", "-o", f"checkpoint={tiny_checkpoints / 'pixel'}")
-    assert rc == 1 and "trained on 32 x 32" in o.err
+    # another size than the networks' training size (32) runs: convolutional, padded and cropped
+    p = tmp_path / "other.npy"
+    np.save(p, np.ones((1, 24, 16), np.float32))  # 16 detectors: a 16 x 16 image
+    rc, o = _run(capsys, p, "--method", "pixel-ddpm", "--json", "-o", "steps=2",
+                 "-o", f"checkpoint={tiny_checkpoints / 'pixel'}", "--out", tmp_path / "o.nii.gz")
+    assert rc == 0, o.err
+    assert json.loads(o.out)["shape"][-2:] == [16, 16]

@@ -1,8 +1,8 @@
 """The shipped CT priors (``ct128-pixel-ddpm``, ``ct128-latent-cold``): safetensors + JSON only, one set
-of weights each, the CT methods' defaults; on a real CT slice (pydicom's ``CT_small.dcm``, 128x128, not
-from the simulator) with a simulated low-dose scan the pixel DDPM beats FBP in HU RMSE inside the body.
-Latent cold diffusion runs (10 NFE) but does not beat FBP yet: its autoencoder alone reconstructs to
-103 HU on the bench's simulated slices and 160 HU on the real one (docs/priors.md), so no test claims it."""
+of weights each, the CT methods' defaults; on real CT slices (pydicom's ``CT_small.dcm``, 128x128, and
+``693_J2KI.dcm``, 512x512, not from the simulator) with a simulated low-dose scan both beat FBP in HU
+RMSE inside the body (docs/priors.md: 40 / 66 HU against FBP's 79 on CT_small, 43 / 60 against 120
+on 693_J2KI)."""
 import json
 import shutil
 
@@ -53,14 +53,17 @@ def _rmse(capsys, series, method, out):
     return json.loads(capsys.readouterr().out.strip().splitlines()[-1])["metrics"]["rmse_hu"]
 
 
-def test_pixel_ddpm_beats_fbp_on_a_real_ct_slice(tmp_path, capsys):
-    """CT_small.dcm (a real 128x128 CT slice), low dose simulated at the defaults (I0 1e4, sigma_e 5)."""
+@pytest.mark.parametrize("name", ["CT_small.dcm", "693_J2KI.dcm"])
+def test_both_priors_beat_fbp_on_real_ct_slices(name, tmp_path, capsys):
+    """Real slices (128x128 zoomed vertebra; 512x512 JPEG 2000, four times the training size), low
+    dose simulated at the defaults (I0 1e4, sigma_e 5, `medrecon.ct.inputs`)."""
     series = tmp_path / "series"
     series.mkdir()
-    shutil.copy(get_testdata_file("CT_small.dcm"), series)
+    shutil.copy(get_testdata_file(name), series)
     fbp = _rmse(capsys, series, "fbp", tmp_path / "fbp")
     pixel = _rmse(capsys, series, "pixel-ddpm", tmp_path / "pixel")
-    assert pixel < fbp, (fbp, pixel)
+    latent = _rmse(capsys, series, "latent-cold-diffusion", tmp_path / "latent")
+    assert pixel < 0.75 * fbp and latent < 0.9 * fbp, (fbp, pixel, latent)
 
 
 def test_latent_cold_diffusion_runs_on_the_shipped_prior():

@@ -81,6 +81,26 @@ def test_registered_methods_run_a_tiny_checkpoint(tmp_path):
     assert torch.equal(a, reconstruct(k, mask, "ddnm", smaps=smaps, checkpoint=ck, steps=2).image)
 
 
+def test_ccdf_init_option(tmp_path, monkeypatch):
+    """init="l1-wavelet" diffuses the L1-wavelet reconstruction of the normalised k-space; the
+    default ("cg-sense") leaves x_init to ccdf's CG-SENSE steps; anything else is refused."""
+    import medrecon.methods.vp as vp
+    from medrecon.methods.classical import L1WaveletOptions, l1_wavelet
+
+    ck = _tiny_vp_checkpoint(tmp_path / "ck")
+    k, mask, smaps = _coil_data()
+    seen = []
+    real_ccdf = vp.ccdf
+    monkeypatch.setattr(vp, "ccdf", lambda *a, **kw: (seen.append(kw["x_init"]), real_ccdf(*a, **kw))[1])
+    reconstruct(k, mask, "ccdf", smaps=smaps, checkpoint=ck, steps=2, normalize=False)
+    r = reconstruct(k, mask, "ccdf", smaps=smaps, checkpoint=ck, steps=2, normalize=False, init="l1-wavelet")
+    assert seen[0] is None and r.nfe == 1
+    want = l1_wavelet(k * mask.unsqueeze(-3), mask, smaps, L1WaveletOptions(), None)[0]
+    torch.testing.assert_close(seen[1], want)
+    with pytest.raises(ValueError, match="init: expected one of"):
+        reconstruct(k, mask, "ccdf", smaps=smaps, checkpoint=ck, steps=2, init="zero")
+
+
 def test_registered_hfs_and_spirit_methods(tmp_path):
     pr = GaussianPrior((HS, WS))
     rho = pr.sample(4, generator=gen(20))

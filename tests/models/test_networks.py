@@ -42,6 +42,11 @@ def test_build_matches_monai_arguments():
                              norm_num_groups=8, num_head_channels=16)
     sd, rd = ours.state_dict(), ref.state_dict()
     assert sd.keys() == rd.keys() and all(torch.equal(sd[k], rd[k]) for k in sd)
+    # ours runs attention through torch's SDPA (memory-efficient): the same outputs as MONAI's
+    x, t = torch.randn(2, 1, 24, 40, generator=torch.Generator().manual_seed(1)), torch.tensor([3, 700])
+    with torch.no_grad():
+        torch.testing.assert_close(ours(x, t), ref(x, t), rtol=1e-5, atol=1e-5)
+    assert any(getattr(m, "use_flash_attention", False) for m in ours.modules())
 
 
 @pytest.mark.parametrize("bad,match", [
