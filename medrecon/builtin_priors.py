@@ -77,7 +77,8 @@ PRIORS: dict[str, PriorInfo] = {
         "pixel-ddpm: DPM-Solver++ on a 20-step grid, warm-started from the LDCT below t = 300 (5 network calls)"),
     "ct128-latent-cold": PriorInfo(
         "ct-latent-cold", "latent cold diffusion for low-dose CT: MONAI AutoencoderKL + latent z0 network, cosine cold "
-        "schedule (recipe ct-latent-cold)", _CT, 0, 10, "latent-cold-diffusion: T = 10 cold steps (Bansal et al. Alg. 2)"),
+        "schedule (recipe ct-latent-cold)", _CT + "; the autoencoder also on generic texture (half of each batch: "
+        "scikit-image's bundled photographs in random HU windows, medrecon.ct.textures), 64x64 crops", 0, 10, "latent-cold-diffusion: T = 10 cold steps (Bansal et al. Alg. 2)"),
 }
 
 # the weight files each kind's directory must hold (beside config.json unless a path says otherwise)
