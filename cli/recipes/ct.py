@@ -36,7 +36,9 @@ ct-latent-cold trains its own, ``ae_lr_min`` (-1: constant learning rate; >= 0: 
 the autoencoder steps of this run) and ``ae_augment`` (0; 1: random 90-degree rotations and flips of
 the autoencoder's batches), ``ae_texture`` (0: that share of each autoencoder batch is generic
 texture, `medrecon.ct.textures`) and ``ae_crop`` (0: whole slices; else random square windows of
-that side), ``ae_l2`` (0: weight of an MSE term beside the autoencoder's L1, `medrecon.ct.autoencoder.ae_loss`), ``threads`` (torch threads; default unchanged), ``cache`` (a
+that side), ``ae_l2`` (0: weight of an MSE term beside the autoencoder's L1, `medrecon.ct.autoencoder.ae_loss`),
+``texture_pairs`` (0: that many (NDCT, LDCT) pairs made from generic texture, `medrecon.ct.textures.texture_pairs`,
+are added to the simulated ones; ct-latent-cold and ct-pixel-ddpm), ``threads`` (torch threads; default unchanged), ``cache`` (a
 ``.pt`` file the simulated pairs are kept in and re-read from, keyed by the data record).
 Defaults: ``--steps`` 1000 (AE) / 3000, ``--batch-size 8``, ``--lr`` 1e-3 (AE) / 5e-4, EMA 0.999
 with warm-up (``medrecon.ct.fit``).
@@ -65,15 +67,16 @@ _OPTIONS = {"size": 128, "n_train": 256, "slices_per_volume": 4, "i0": 1e4, "sig
             "T": 10, "schedule": "cosine", "loss": "l1", "kl_weight": 1e-6, "autoencoder": None,
             "ae_steps": 1000, "ae_preset": "small", "threads": 0, "cache": None, "zoom_fraction": 0.5,
             "ae_lr_min": -1.0, "ae_augment": 0, "ae_texture": 0.0, "ae_crop": 0,
-            "ae_l2": 0.0}
-_INTS = ("size", "n_train", "slices_per_volume", "T", "ae_steps", "threads", "ae_augment", "ae_crop")
+            "ae_l2": 0.0, "texture_pairs": 0}
+_INTS = ("size", "n_train", "slices_per_volume", "T", "ae_steps", "threads", "ae_augment", "ae_crop",
+         "texture_pairs")
 _FLOATS = ("i0", "sigma_e", "kl_weight", "zoom_fraction", "ae_lr_min", "ae_texture", "ae_l2")
 _VALID = {"ct-autoencoder": ("size", "n_train", "slices_per_volume", "i0", "sigma_e", "kl_weight",
                              "threads", "cache", "zoom_fraction", "ae_lr_min", "ae_augment", "ae_texture",
                              "ae_crop", "ae_l2"),
           "ct-latent-cold": tuple(_OPTIONS),
           "ct-pixel-ddpm": ("size", "n_train", "slices_per_volume", "i0", "sigma_e", "threads", "cache",
-                            "zoom_fraction")}
+                            "zoom_fraction", "texture_pairs")}
 _DEFAULTS = {"ct-autoencoder": {"preset": "small", "steps": 1000, "batch_size": 8, "lr": 1e-3},
              "ct-latent-cold": {"preset": "ct", "steps": 3000, "batch_size": 8, "lr": 5e-4},
              "ct-pixel-ddpm": {"preset": "ct", "steps": 3000, "batch_size": 8, "lr": 5e-4}}
@@ -103,6 +106,8 @@ def _options(args, recipe: str) -> dict:
     if opts["ae_crop"] < 0 or opts["ae_crop"] > opts["size"]:
         raise ValueError(f"--recipe-option ae_crop: expected 0 (whole slices) or a side <= size "
                          f"{opts['size']}, got {opts['ae_crop']}")
+    if opts["texture_pairs"] < 0:
+        raise ValueError(f"--recipe-option texture_pairs: expected >= 0, got {opts['texture_pairs']}")
     if opts["ae_l2"] < 0:
         raise ValueError(f"--recipe-option ae_l2: expected >= 0, got {opts['ae_l2']}")
     if not 0.0 <= opts["ae_texture"] <= 1.0:
@@ -132,17 +137,35 @@ def recipe_data(opts: dict) -> dict:
             "n_train": opts["n_train"], "slices_per_volume": opts["slices_per_volume"],
             "i0": opts["i0"], "sigma_e": opts["sigma_e"], "target": "fbp",
             "n_angles": 3 * opts["size"] // 2, "bone_hu": list(BONE_HU),
-            "zoom_fraction": opts["zoom_fraction"], "zoom_range": list(ZOOM_RANGE)}
+            "zoom_fraction": opts["zoom_fraction"], "zoom_range": list(ZOOM_RANGE),
+            **({"texture_pairs": opts["texture_pairs"], "texture_seed": 0}
+               if opts.get("texture_pairs") else {})}
 
 
 def _simulate(opts: dict):
-    """The training pairs; with ``cache=FILE.pt`` they are read from / written to that file
-    (tensors only: ``torch.load(weights_only=True)``), keyed by the data record."""
+    """The training pairs: the simulated ones (`_simulate_heads`), then ``texture_pairs`` pairs made
+    from generic texture (`medrecon.ct.textures.texture_pairs`, seed 0; not cached: seconds)."""
+    ds = _simulate_heads(opts)
+    n = int(opts.get("texture_pairs") or 0)
+    if not n:
+        return ds
+    import torch
+
+    from medrecon.ct.data import CTPairDataset
+    from medrecon.ct.textures import texture_pairs
+
+    t = texture_pairs(n, opts["size"], seed=0, i0=opts["i0"], sigma_e=opts["sigma_e"])
+    return CTPairDataset(ndct=torch.cat([ds.ndct, t["ndct"]]), ldct=torch.cat([ds.ldct, t["ldct"]]))
+
+
+def _simulate_heads(opts: dict):
+    """The simulated head pairs; with ``cache=FILE.pt`` they are read from / written to that file
+    (tensors only: ``torch.load(weights_only=True)``), keyed by their data record."""
     import torch
 
     from medrecon.ct.data import CTPairDataset
 
-    record = json.dumps(recipe_data(opts), sort_keys=True)
+    record = json.dumps(recipe_data({**opts, "texture_pairs": 0}), sort_keys=True)
     cache = Path(opts["cache"]) if opts.get("cache") else None
     if cache is not None and cache.is_file():
         d = torch.load(cache, map_location="cpu", weights_only=True)

@@ -112,6 +112,19 @@ def test_autoencoder_recipe_texture_augment_cosine_recorded_and_resumed(tmp_path
     assert _cfg(out)["extra"]["steps"] == 3
 
 
+def test_texture_pairs_join_the_training_set_and_the_record(tmp_path):
+    from medrecon.cli.recipes import ct as R
+
+    opts = R._options(type("A", (), {"recipe_options": {"size": "16", "n_train": "4",
+                                                          "texture_pairs": "3"}})(), "ct-pixel-ddpm")
+    ds = R._simulate(opts)
+    assert len(ds) == 7
+    rec = R.recipe_data(opts)
+    assert rec["texture_pairs"] == 3 and "texture_pairs" not in R.recipe_data({**opts, "texture_pairs": 0})
+    with pytest.raises(ValueError, match="texture_pairs"):
+        _train("--recipe", "ct-pixel-ddpm", "--out", tmp_path / "a", "--recipe-option", "texture_pairs=-1")
+
+
 def test_warmup_ema_decay_and_continuation():
     from medrecon.ct.fit import WarmupEMA
 

@@ -81,3 +81,18 @@ def test_random_windows_are_windows_of_the_items():
     for i in range(2):
         hits = [(a, b) for a in range(3) for b in range(3) if torch.equal(x[i, :, a:a + 4, b:b + 4], w[i])]
         assert len(hits) == 1
+
+
+def test_texture_pairs_are_a_consistent_low_dose_simulation():
+    from medrecon.ct.evaluate import ct_metrics
+    from medrecon.ct.textures import texture_pairs
+
+    p = texture_pairs(3, 32, seed=2, n_angles=48)
+    q = texture_pairs(3, 32, seed=2, n_angles=48)
+    assert p["ndct"].shape == p["ldct"].shape == (3, 1, 32, 32)
+    assert torch.equal(p["ldct"], q["ldct"])
+    rmse = ct_metrics(p["ndct"], p["ldct"])["rmse_hu"]
+    assert 5 < rmse < 400  # noisy, but not photon-starved
+    # no photons lost: more dose -> closer pairs
+    hi = texture_pairs(3, 32, seed=2, n_angles=48, i0=1e6)
+    assert ct_metrics(hi["ndct"], hi["ldct"])["rmse_hu"] < rmse
