@@ -17,7 +17,6 @@ fixed 0.999 they would still weigh 0.999^3000 = 5 % after 3000 steps).
 """
 from __future__ import annotations
 
-import math
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -75,6 +74,8 @@ def fit(net: nn.Module, loss_fn: Callable[[torch.Generator], torch.Tensor], *, s
     opt = torch.optim.AdamW(params, lr=lr, weight_decay=0.0)
     if lr_min is not None and not 0 <= lr_min <= lr:
         raise ValueError(f"lr_min: expected 0 <= lr_min <= lr = {lr}, got {lr_min}")
+    sched = (torch.optim.lr_scheduler.CosineAnnealingLR(opt, T_max=max(1, int(steps)), eta_min=lr_min)
+             if lr_min is not None else None)
     start = int(start_step)
     if start < 0:
         raise ValueError(f"start_step: expected >= 0, got {start_step!r}")
@@ -88,10 +89,6 @@ def fit(net: nn.Module, loss_fn: Callable[[torch.Generator], torch.Tensor], *, s
     t0 = time.perf_counter()
     try:
         for step in range(start, start + int(steps)):
-            if lr_min is not None:
-                frac = (step - start) / max(1, int(steps))
-                for group in opt.param_groups:
-                    group["lr"] = lr_min + 0.5 * (lr - lr_min) * (1.0 + math.cos(math.pi * frac))
             g = step_generator(seed, 0, step, device)
             loss = loss_fn(g)
             if not torch.isfinite(loss):
@@ -101,6 +98,8 @@ def fit(net: nn.Module, loss_fn: Callable[[torch.Generator], torch.Tensor], *, s
             if grad_clip:
                 torch.nn.utils.clip_grad_norm_(params, grad_clip)
             opt.step()
+            if sched is not None:
+                sched.step()
             if ema is not None:
                 ema.update(net)
             res.losses.append(float(loss.detach()))

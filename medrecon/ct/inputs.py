@@ -53,7 +53,7 @@ import numpy as np
 import torch
 
 __all__ = ["CTScan", "SINOGRAM_SUFFIXES", "is_ct_input", "read_ct_input", "write_sinogram",
-           "geometry_from_attrs", "count_slices"]
+           "geometry_from_attrs", "count_slices", "whole_slice_geometry", "project_hu"]
 
 SINOGRAM_SUFFIXES = (".h5", ".hdf5", ".npz", ".npy")
 _DATA_KEYS = ("sinogram", "counts", "sinogram_lowdose")
@@ -365,7 +365,7 @@ def _axial_affine(n: int, px: float, thick: float, first: int, n_slices: int) ->
 def _read_dicom(p: Path, options: dict, slices) -> CTScan:
     from medrecon.datasets.dicom import read_dicom_series
     from medrecon.image_inputs import slab_series
-    from medrecon.physics.ct import MU_WATER, ParallelBeam, hu_to_mu, simulate_lowdose
+    from medrecon.physics.ct import MU_WATER, simulate_lowdose
     from medrecon.inputs import parse_slices
 
     series = read_dicom_series(p)
@@ -394,14 +394,11 @@ def _read_dicom(p: Path, options: dict, slices) -> CTScan:
     n_angles = int(options.get("n_angles") or (3 * r) // 2)
     if n_angles < 2:
         raise ValueError(f"option n_angles: expected >= 2, got {n_angles}")
-    angles = torch.arange(n_angles, dtype=torch.float64) * (math.pi / n_angles)
-    n_det = math.ceil(math.sqrt(2) * r)  # every ray through the square (module docstring)
-    geo = ParallelBeam(r, angles, n_det, detector_spacing=float(dr), pixel_size=float(dr),
-                       circle=False)
+    geo = whole_slice_geometry(r, n_angles, float(dr))
+    n_det = geo.n_detectors
     i0, sigma_e = float(options.get("i0", 1e4)), float(options.get("sigma_e", 5.0))
     seed = int(options.get("noise_seed", 0))
-    mu = hu_to_mu(torch.from_numpy(hu).clamp(min=-1000.0), MU_WATER)
-    clean = geo.forward(mu)
+    clean = project_hu(geo, torch.from_numpy(hu))
     low = torch.empty_like(clean)
     for k in range(clean.shape[0]):  # slice k: noise_seed + absolute slice index
         g = torch.Generator().manual_seed(seed + rows.start + k)
@@ -416,6 +413,25 @@ def _read_dicom(p: Path, options: dict, slices) -> CTScan:
     return CTScan(p, "dicom", geo, low, reference_hu=("sinogram", clean), mu_water=MU_WATER,
                   affine=slab.affine, series=slab, simulation=sim, info=info,
                   n_slices_total=len(rows))
+
+
+def whole_slice_geometry(n: int, n_angles: int, pixel_mm: float):
+    """The parallel beam that measures a whole N x N slice, as a scanner measures the body
+    (module docstring): ``n_angles`` views evenly over [0, pi), ``ceil(sqrt(2) N)`` detectors at
+    the pixel spacing, ``circle=False``."""
+    from medrecon.physics.ct import ParallelBeam
+
+    angles = torch.arange(int(n_angles), dtype=torch.float64) * (math.pi / int(n_angles))
+    return ParallelBeam(n, angles, math.ceil(math.sqrt(2) * n), detector_spacing=pixel_mm,
+                        pixel_size=pixel_mm, circle=False)
+
+
+def project_hu(geometry, hu: torch.Tensor) -> torch.Tensor:
+    """Noise-free line integrals of HU slices, HU clipped below at -1000 (air: a scanner's -2000 /
+    -3024 padding outside its FOV attenuates nothing)."""
+    from medrecon.physics.ct import MU_WATER, hu_to_mu
+
+    return geometry.forward(hu_to_mu(hu.double().clamp(min=-1000.0), MU_WATER))
 
 
 def write_sinogram(path, sinogram, *, geometry: str = "parallel", angles=None, overwrite=False,

@@ -89,22 +89,19 @@ def texture_pairs(n: int, size: int, *, seed: int = 0, i0: float = 1e4, sigma_e:
     square of bone-bright texture 2 mm a pixel starves the detector (RMSE of the FBP pairs 460 HU
     with the autoencoder's windows and 0.6-2 mm pixels).  Returns normalised ``ndct``, ``ldct``
     ``[n, 1, N, N]``."""
-    import math
-
-    from medrecon.physics.ct import MU_WATER, ParallelBeam, fbp, hu_to_mu, mu_to_hu, simulate_lowdose
+    from medrecon.physics.ct import MU_WATER, fbp, mu_to_hu, simulate_lowdose
 
     from .data import to_hu
+    from .inputs import project_hu, whole_slice_geometry
 
     g = torch.Generator().manual_seed(int(seed))
-    hu = to_hu(texture_batch(n, size, g, lo_hu=lo_hu, span_hu=span_hu)).double()[:, 0].clamp(min=-1000.0)
+    hu = to_hu(texture_batch(n, size, g, lo_hu=lo_hu, span_hu=span_hu))[:, 0]
     n_angles = int(n_angles) if n_angles is not None else (3 * size) // 2
-    angles = torch.arange(n_angles, dtype=torch.float64) * (math.pi / n_angles)
     nd, ld = [], []
     for k in range(int(n)):
         px = pixel_mm[0] + (pixel_mm[1] - pixel_mm[0]) * float(torch.rand((), generator=g))
-        geo = ParallelBeam(size, angles, math.ceil(math.sqrt(2) * size), detector_spacing=px,
-                           pixel_size=px, circle=False)
-        clean = geo.forward(hu_to_mu(hu[k], MU_WATER))
+        geo = whole_slice_geometry(size, n_angles, px)
+        clean = project_hu(geo, hu[k])
         low = simulate_lowdose(clean, i0, sigma_e, g)
         nd.append(from_hu(mu_to_hu(fbp(clean, geo, filter), MU_WATER)).float())
         ld.append(from_hu(mu_to_hu(fbp(low, geo, filter), MU_WATER)).float())

@@ -1,8 +1,10 @@
 """FDMR: fast diffusion MRI reconstruction with a denoising-diffusion-GAN prior, three stages
 (METHODS.md; Magn. Reson. Imaging 2025, 110551 -- no public code).  The DDGAN chain of stages 1 and 3
-follows NVlabs/denoising-diffusion-gan ``test_ddgan.py`` (commit 6818ded): ``sample_from_model``
-L114-126 (x0 = G(x_k, k, z), then ``sample_posterior`` L89-112: q(x_{k-1} | x_k, x0), no noise at the
-last step), with FDMR's data consistency applied to x0.
+follows repository NVlabs/denoising-diffusion-gan, file test_ddgan.py (commit 6818ded), lines 114-126
+(``sample_from_model``: x0 = G(x_k, k, z)) and lines 89-112 (``sample_posterior``: q(x_{k-1} | x_k,
+x0), no noise at the last step), with FDMR's data consistency applied to x0.  Stage 3 with
+``refine_prior`` follows repository wyhuai/DDNM, file functions/svd_ddnm.py, lines 57-65 (the
+range-null-space projection, then the DDIM update; ``medrecon.posterior.ddim_dc``).
 
 On the SENSE operator A = M F S (``medrecon.physics.mri.MultiCoilMRI``), with G(x_k, k, z) a
 DDGAN generator (``medrecon.models.ddgan``) on its T-step VP schedule:
