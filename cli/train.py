@@ -125,9 +125,9 @@ def register(subparsers) -> None:
     p.add_argument("--init", default=None, metavar="DIR",
                    help="start a new run from these weights (a checkpoint or builtin prior name): fine-tuning")
     p.add_argument("--teacher", default=None, metavar="NAME|DIR",
-                   help="recipe distill: the prior to distil (a builtin prior name or a checkpoint)")
+                   help="recipes distill, distill-chain: the prior to distil (a builtin prior name or a checkpoint)")
     p.add_argument("--target-steps", type=int, default=None, metavar="K",
-                   help="recipe distill: the student's sampler steps (rounds halve the teacher's down to K)")
+                   help="recipes distill, distill-chain: the student's sampler steps (distill: rounds halve the teacher's down to K)")
     p.add_argument("--steps-per-round", type=int, default=None, help="recipe distill: training steps per round")
     p.add_argument("--no-resume", action="store_true", help="start afresh instead of resuming")
     p.add_argument("--overwrite", action="store_true", help="with --no-resume: replace existing checkpoints")
@@ -144,14 +144,15 @@ def _recipe_options(pairs: list[str]) -> dict[str, str]:
     return parse_pairs(pairs, "--recipe-option")
 
 
-_DISTILL_FLAGS = ("teacher", "target_steps", "steps_per_round")  # used by --recipe distill only
+_DISTILL_FLAGS = {"teacher": ("distill", "distill-chain"), "target_steps": ("distill", "distill-chain"),
+                  "steps_per_round": ("distill",)}  # flag -> the recipes that use it
 
 
 def _run(args) -> int:
     args.recipe_options = _recipe_options(args.recipe_option)
-    for flag in _DISTILL_FLAGS:
-        if getattr(args, flag) is not None and args.recipe != "distill":
-            raise ValueError(f"--{flag.replace('_', '-')}: used by --recipe distill only")
+    for flag, recipes in _DISTILL_FLAGS.items():
+        if getattr(args, flag) is not None and args.recipe not in recipes:
+            raise ValueError(f"--{flag.replace('_', '-')}: used by --recipe {' / '.join(recipes)} only")
     if args.recipe is not None:
         from medrecon.cli.recipes import get_recipe
 

@@ -10,6 +10,8 @@ how exactly is in ``docs/priors.md``.
 - ``brain128-ddgan``: denoising-diffusion-GAN generator (recipe ``ddgan``, T = 4; a DDGAN checkpoint
   directory: ``config.json`` + ``generator.safetensors`` (EMA weights) + ``discriminator.safetensors``)
   -- the default of fdmr.
+- ``brain128-vp-distill4``: ``brain128-vp`` distilled into a 4-step DDNM chain (recipe ``distill-chain``,
+  `medrecon.models.distill_chain`; extra.distilled holds its grid) -- for ddnm / dds at ``steps=4``.
 - ``ct128-pixel-ddpm``: conditional pixel-space DDPM on simulated 128x128 low-dose CT (recipe
   ``ct-pixel-ddpm``; a medrecon checkpoint with ``extra.kind`` the pixel DDPM) -- the default of
   pixel-ddpm.
@@ -71,6 +73,11 @@ PRIORS: dict[str, PriorInfo] = {
         "ddgan", "denoising diffusion GAN generator (Xiao et al., ICLR 2022), T = 4 VP steps, z_dim 32 "
         "(recipe ddgan)", _BRAIN_MS, 0, 4,
         "fdmr: T = 4 generator steps, then early-stopped adaptation and refinement (10-20 NFE)"),
+    "brain128-vp-distill4": PriorInfo(
+        "distilled", "brain128-vp distilled into a 4-step DDNM chain (eta 0, data step between its steps) from the "
+        "teacher's DDNM-50 reconstructions (recipe distill-chain)", _BRAIN_MS + "; problems: 512 windows, fastMRI "
+        "equispaced_fraction / random column masks at 4x (centre 0.08) and 8x (0.04), targets brain128-vp's DDNM-50 "
+        "(eta 0.85)", 0, 4, "ddnm / dds at steps=4 only (its grid 750, 500, 250, 0; eta 0 by default); ccdf with t0=1"),
     "ct128-pixel-ddpm": PriorInfo(
         "ct-pixel-ddpm", "conditional pixel-space DDPM for low-dose CT, eps on 1000 linear betas, LDCT as a second "
         "input channel (recipe ct-pixel-ddpm)", _CT, 0, 5,

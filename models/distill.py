@@ -185,6 +185,36 @@ def _frozen(model: DiffusionModel, state=None) -> DiffusionModel:
     return m.eval().requires_grad_(False)
 
 
+def restore(ck, student: DiffusionModel, opt, ema) -> int:
+    """Load a run checkpoint's weights, optimizer and EMA into the training state; its step."""
+    student.net.load_state_dict(ck.model.net.state_dict())
+    opt.load_state_dict(ck.optimizer)
+    if ema is not None:
+        ema.load_state_dict(ck.ema)
+    return ck.step
+
+
+def save_pruned(folder: Path, student: DiffusionModel, config: dict, ema, opt, step: int, keep: int) -> Path:
+    """``folder/step-XXXXXXXX`` (model, EMA, optimizer), keeping the last ``keep`` such checkpoints."""
+    path = save_checkpoint(folder / f"step-{step:08d}", student, config, ema=ema.shadow if ema else None, step=step,
+                           optimizer=opt, overwrite=True)
+    old = sorted(p for p in folder.iterdir() if CHECKPOINT_NAME.match(p.name))
+    for p in old[:-keep] if keep > 0 else []:
+        shutil.rmtree(p, ignore_errors=True)
+    return path
+
+
+def optimizer_step(student: DiffusionModel, opt, ema, loss: torch.Tensor, grad_clip: float | None) -> None:
+    """Backpropagate ``loss``, clip the gradient norm (``grad_clip``), step ``opt``, update ``ema``."""
+    opt.zero_grad(set_to_none=True)
+    loss.backward()
+    if grad_clip:
+        torch.nn.utils.clip_grad_norm_(student.net.parameters(), grad_clip)
+    opt.step()
+    if ema is not None:
+        ema.update(student.net)
+
+
 def _plan(out: Path, plan: dict, resume: bool, overwrite: bool) -> None:
     """Write ``plan.json``, or check a rerun against it (module docstring)."""
     file = out / PLAN
@@ -250,25 +280,16 @@ def distill(teacher: DiffusionModel, dataset, out_dir, *, target_steps: int, tea
         ema = EMA(student.net, ema_decay) if ema_decay else None
         start = 0
         if ck is not None:
-            student.net.load_state_dict(ck.model.net.state_dict())
-            opt.load_state_dict(ck.optimizer)
-            if ema is not None:
-                ema.load_state_dict(ck.ema)
-            start, before = ck.step, ck.extra["round_state"]["before"]
+            start, before = restore(ck, student, opt, ema), ck.extra["round_state"]["before"]
         else:
             before = heldout(current, current, x_val, eps_val, grid, acp)
         rdir.mkdir(parents=True, exist_ok=True)
 
         def save(step: int, record: dict | None = None) -> Path:
             done = rounds + ([record] if record else [])
-            path = save_checkpoint(rdir / f"step-{step:08d}", student, {
+            return save_pruned(rdir, student, {
                 "network": teacher.network_config, "objective": "distill", **cfg, "round": r,
-                "distilled": {**info, "rounds": done}, "round_state": {"before": before}},
-                ema=ema.shadow if ema else None, step=step, optimizer=opt, overwrite=True)
-            old = sorted(p for p in rdir.iterdir() if CHECKPOINT_NAME.match(p.name))
-            for p in old[:-keep] if keep > 0 else []:
-                shutil.rmtree(p, ignore_errors=True)
-            return path
+                "distilled": {**info, "rounds": done}, "round_state": {"before": before}}, ema, opt, step, keep)
 
         pbar = None
         if progress:
@@ -281,13 +302,7 @@ def distill(teacher: DiffusionModel, dataset, out_dir, *, target_steps: int, tea
                 x0 = to_model_input(torch.stack([torch.as_tensor(dataset[i]) for i in idx]).to(device),
                                     student.in_channels)
                 loss = distill_loss(student, current, x0, grid, acp, g)
-                opt.zero_grad(set_to_none=True)
-                loss.backward()
-                if grad_clip:
-                    torch.nn.utils.clip_grad_norm_(student.net.parameters(), grad_clip)
-                opt.step()
-                if ema is not None:
-                    ema.update(student.net)
+                optimizer_step(student, opt, ema, loss, grad_clip)
                 log.write(json.dumps({"step": step + 1, "loss": float(loss.detach())}) + "\n")
                 if pbar is not None:
                     pbar.update(1)

@@ -15,7 +15,7 @@ from typing import Callable
 
 __all__ = ["Recipe", "all_recipes", "get_recipe"]
 
-_MODULES = ("mri", "ddgan", "ct", "distill")
+_MODULES = ("mri", "ddgan", "ct", "distill", "distill_chain")
 
 
 @dataclass(frozen=True)

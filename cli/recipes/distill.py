@@ -55,30 +55,39 @@ def _teacher(name: str, device):
     return load_model(path, map_location=device or "cpu"), name if name in BUILTIN_PRIORS else str(path)
 
 
-def _run(args) -> int:
+def prepare(args, recipe: str, refused: tuple, length: str, options, defaults: dict):
+    """What both distillation recipes do first: check ``--teacher`` and ``--target-steps`` given, the
+    ``refused`` flags absent, float32; parse ``options(args) -> (own, data options)``; set the torch
+    threads and the flags' ``defaults``; load the teacher.  ``(own, data options, teacher, its name)``."""
     import torch
 
-    from medrecon.models.distill import distill
-
-    from .mri import _load
     from .mri import _options as mri_options
 
     if args.teacher is None or args.target_steps is None:
-        raise ValueError("--recipe distill needs --teacher NAME|DIR and --target-steps K")
-    for flag in ("preset", "objective", "init", "steps"):
+        raise ValueError(f"--recipe {recipe} needs --teacher NAME|DIR and --target-steps K")
+    for flag in refused:
         if getattr(args, flag, None) is not None:
-            raise ValueError(f"--{flag}: recipe distill takes the network, schedule and objective from --teacher "
-                             f"(training length: --steps-per-round)")
+            raise ValueError(f"--{flag.replace('_', '-')}: recipe {recipe} takes the network, schedule and objective "
+                             f"from --teacher (training length: {length})")
     if args.mixed_precision != "no":
-        raise ValueError("--mixed-precision: recipe distill trains in float32")
-    own, data = _options(args)
+        raise ValueError(f"--mixed-precision: recipe {recipe} trains in float32")
+    own, data = options(args)
     opts = mri_options(argparse.Namespace(recipe_options=data), "vp")
     if opts["threads"]:
         torch.set_num_threads(opts["threads"])
-    for key, value in _DEFAULTS.items():
+    for key, value in defaults.items():
         if getattr(args, key, None) is None:
             setattr(args, key, value)
-    teacher, name = _teacher(args.teacher, args.device)
+    return (own, opts, *_teacher(args.teacher, args.device))
+
+
+def _run(args) -> int:
+    from medrecon.models.distill import distill
+
+    from .mri import _load
+
+    own, opts, teacher, name = prepare(args, "distill", ("preset", "objective", "init", "steps"), "--steps-per-round",
+                                       _options, _DEFAULTS)
     factor = teacher.network_config.downsample_factor
     if opts["size"] % factor:
         raise ValueError(f"--recipe-option size={opts['size']} must be divisible by {factor} for the teacher's network")

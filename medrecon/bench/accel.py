@@ -14,6 +14,7 @@ the timed rows and reported apart.
 """
 from __future__ import annotations
 
+import re
 import time
 from dataclasses import dataclass
 
@@ -22,7 +23,7 @@ import torch
 from medrecon.bench.recon.rows import Entry, make_test_mask, test_set
 from medrecon.bench.recon.run import run_entry
 
-__all__ = ["MASKS", "VARIANTS", "AccelRow", "plan_rows", "run", "format_table"]
+__all__ = ["MASKS", "VARIANTS", "AccelRow", "variant_key", "select_variants", "plan_rows", "run", "format_table"]
 
 MASKS = {"4x": "equispaced_fraction:4:0.08", "8x": "equispaced_fraction:8:0.04"}  # fastMRI's knee/brain masks
 
@@ -85,12 +86,31 @@ def variants(steps: int, cache: int) -> dict[str, dict]:
 VARIANTS = tuple(variants(50, 3))
 
 
-def plan_rows(methods, masks, steps: int, cache: int, device: str) -> list[AccelRow]:
+def variant_key(name: str) -> str:
+    """The ``--variants`` key of a row name: lower case, no spaces, no trailing setting ("DeepCache 3" ->
+    "deepcache", "int8 + DeepCache 3" -> "int8+deepcache", "distilled 4" -> "distilled")."""
+    return re.sub(r"\s+\d+$", "", name.lower()).replace(" ", "")
+
+
+def select_variants(keys, steps: int = 50, cache: int = 3) -> dict[str, dict]:
+    """The rows named by ``keys`` (``variant_key``; None: all), the baseline always first (the speed-ups'
+    reference)."""
+    table = variants(steps, cache)
+    if keys is None:
+        return table
+    known = {variant_key(n): n for n in table}
+    bad = [k for k in keys if k not in known]
+    if bad:
+        raise ValueError(f"--variants: unknown {bad}; valid: {', '.join(known)}")
+    return {n: o for n, o in table.items() if n == "baseline" or variant_key(n) in keys}
+
+
+def plan_rows(methods, masks, steps: int, cache: int, device: str, keys=None) -> list[AccelRow]:
     """Every (mask, method, variant), mask-major; rows that cannot run here are "n/a" already."""
     rows = []
     for mask in masks:
         for method in methods:
-            for name, opts in variants(steps, cache).items():
+            for name, opts in select_variants(keys, steps, cache).items():
                 why = _available(name.lower(), device)
                 rows.append(AccelRow(mask, method, name, opts, "n/a" if why else "ok", why))
     return rows
@@ -119,10 +139,11 @@ def _calibrate(rows: list[AccelRow], data: list[dict], device: str) -> dict[str,
 
 
 def run(methods=("ddnm", "dds"), masks=("4x", "8x"), slices: int = 2, size: int = 320, coils: int = 16,
-        steps: int = 50, cache: int = 3, seed: int = 1000, device: str = "cpu", on_row=None):
-    """The table's rows and the int8 calibration seconds per method (module docstring)."""
+        steps: int = 50, cache: int = 3, seed: int = 1000, device: str = "cpu", on_row=None, keys=None):
+    """The table's rows (``keys``: the ``--variants`` to run, None: all) and the int8 calibration seconds
+    per method (module docstring)."""
+    rows = plan_rows(methods, masks, steps, cache, device, keys)
     data = test_set(slices, seed, size, coils, 30.0)
-    rows = plan_rows(methods, masks, steps, cache, device)
     calib = _calibrate(rows, data, device)
     base: dict[tuple, float] = {}
     for i, r in enumerate(rows):

@@ -16,10 +16,11 @@ from medrecon.posterior.ddim_dc import grid
 
 from .priors import VP_PRIOR, checkpoint_dir
 
-__all__ = ["GRID_METHODS", "GRID_SOLVERS", "distilled_info", "check_distilled"]
+__all__ = ["GRID_METHODS", "GRID_SOLVERS", "ETA", "distilled_info", "check_distilled", "default_eta"]
 
 GRID_METHODS = ("dds", "ddnm", "diffpir", "ccdf")  # the DDIM-with-DC update on ddim_dc.grid(steps, T)
 GRID_SOLVERS = ("ddim", "paradigms")
+ETA = 0.85  # DDNM's and DDS's eta (wyhuai/DDNM main.py --eta, HJ-harry/DDS): the methods' default
 
 
 def distilled_info(checkpoint: str, method: str, default: str | None = VP_PRIOR) -> dict | None:
@@ -48,3 +49,16 @@ def check_distilled(opts, method: str, n_train: int, default: str | None = VP_PR
     if asked != want:
         raise ValueError(f"method {method!r}: checkpoint {name!r} is distilled for steps={steps} (grid {want}), "
                          f"but steps={opts.steps} asks for the grid {asked}; run it with steps={steps}")
+
+
+def default_eta(opts, method: str, default: str | None = VP_PRIOR) -> float:
+    """``opts.eta`` when given; else the ``eta`` a distilled checkpoint's chain was trained with
+    (``extra.distilled.eta``, `medrecon.models.distill_chain`), else ``ETA``.  A student trained for a
+    deterministic chain (eta 0) loses 1 dB at eta 0.85 (docs/distill.md), so its own eta is its default."""
+    if opts.eta is not None:
+        if not 0 <= opts.eta <= 1:
+            raise ValueError(f"{method} option eta: expected 0 <= eta <= 1, got {opts.eta}")
+        return float(opts.eta)
+    info = distilled_info(opts.checkpoint, method, default)
+    eta = info.get("eta") if info is not None and info.get("method") == "chain" else None
+    return float(eta) if isinstance(eta, (int, float)) else ETA

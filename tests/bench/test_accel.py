@@ -47,3 +47,13 @@ def test_bad_arguments():
     command.add_arguments(p)
     with pytest.raises(ValueError, match="--steps"):
         command.main(p.parse_args(["--steps", "0"]))
+
+
+def test_variants_select_rows_and_keep_the_baseline():
+    assert [accel.variant_key(n) for n in accel.VARIANTS] == [
+        "baseline", "deepcache", "int8", "bf16", "paradigms", "distilled", "int8+deepcache", "paradigms+int8"]
+    assert list(accel.select_variants(["int8", "distilled"])) == ["baseline", "int8", "distilled 4"]
+    rows = accel.plan_rows(["ddnm"], ["8x"], 50, 3, "cpu", ["paradigms"])
+    assert [r.variant for r in rows] == ["baseline", "ParaDiGMS"]
+    with pytest.raises(ValueError, match=r"--variants: unknown \['fast'\]"):
+        accel.select_variants(["fast"])

@@ -29,7 +29,7 @@ def test_json_rows_match_the_checkpoints(capsys):
             assert r["parameters"] == sum(p.numel() for p in ck.generator.parameters())
         else:
             ck = load_checkpoint(path)
-            assert r["kind"] == {"eps": "vp", "hfs": "hfs"}[ck.extra["objective"]]
+            assert r["kind"] == {"eps": "vp", "hfs": "hfs", "distill-chain": "distilled"}[ck.extra["objective"]]
         assert r["training_steps"] == sum(r["training_runs"]) and r["training_runs"][-1] == ck.step
         assert r["nfe"] >= 1 and "384" in r["training_data"]  # fine-tuned on 128-384 matrices (docs/priors.md)
     by_name = {r["name"]: r for r in rows}

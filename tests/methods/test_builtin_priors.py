@@ -12,7 +12,7 @@ from medrecon.models.checkpoint import load_checkpoint, load_model
 from medrecon.models.networks import build_unet, preset
 
 
-@pytest.mark.parametrize("name", [n for n in BUILTIN_PRIORS if PRIORS[n].kind in ("vp", "hfs")])
+@pytest.mark.parametrize("name", [n for n in BUILTIN_PRIORS if PRIORS[n].kind in ("vp", "hfs", "distilled")])
 def test_shipped_files_load_and_match_config(name):
     path = prior_path(name)
     assert sorted(p.name for p in path.iterdir()) == ["config.json", "model.safetensors"]
@@ -30,6 +30,12 @@ def test_shipped_files_load_and_match_config(name):
     if name == "brain128-vp":
         assert model.prediction_type == "eps" and ck.extra["objective"] == "eps"
         assert len(model.schedule.betas) == 1000
+    elif PRIORS[name].kind == "distilled":  # its grid, its chain's eta, the teacher and the held-out record
+        d = ck.extra["distilled"]
+        assert model.prediction_type == "eps" and ck.extra["objective"] == "distill-chain"
+        assert (d["steps"], d["grid"], d["eta"], d["teacher"]) == (4, [750, 500, 250, 0, -1], 0.0, "brain128-vp")
+        rec = d["rounds"][0]
+        assert rec["heldout_mse"] < rec["heldout_mse_before"] and rec["heldout_psnr"] > rec["heldout_psnr_before"]
     else:
         assert model.prediction_type == "score" and ck.extra["objective"] == "hfs"
         assert ck.extra["hfs"] == {"type": "hfs", "acs": 10, "beta_min": 0.1, "beta_max": 20.0, "region": "lines"}

@@ -24,6 +24,8 @@ def add_arguments(p) -> None:
     p.add_argument("--coils", type=int, default=16)
     p.add_argument("--steps", type=int, default=50, help="steps of the baseline and of every non-distilled row")
     p.add_argument("--cache", type=int, default=3, help="DeepCache interval of the DeepCache rows")
+    p.add_argument("--variants", default=None, help="comma-separated rows to run (baseline, deepcache, int8, bf16, "
+                   "paradigms, distilled, int8+deepcache, paradigms+int8; default all; the baseline always runs)")
     p.add_argument("--device", default="cpu")
     p.add_argument("--threads", type=int, default=None, help="torch CPU threads")
     p.add_argument("--out", default=None, help="write the table (markdown, with the command) to this file")
@@ -56,7 +58,8 @@ def main(args) -> int:
         print(f"[{i}/{n}] {r.mask} {r.method} {r.variant}: {what}", file=sys.stderr, flush=True)
 
     rows, calib = run(split_list(args.methods), split_list(args.masks), args.slices, args.size, args.coils,
-                      args.steps, args.cache, args.seed, args.device, on_row)
+                      args.steps, args.cache, args.seed, args.device, on_row,
+                      None if args.variants is None else split_list(args.variants))
     cmd = "medrecon bench accel " + shlex.join(sys.argv[3:]) if sys.argv[1:3] == ["bench", "accel"] else \
         "medrecon.bench.commands.accel.main(...)"
     lines = [format_table(rows), "",

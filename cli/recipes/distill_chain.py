@@ -1,0 +1,119 @@
+"""``distill-chain`` recipe: a K-step DDNM student distilled end to end from the teacher's N-step DDNM
+reconstructions (``medrecon.models.distill_chain``; docs/distill.md):
+
+    medrecon train --recipe distill-chain --teacher brain128-vp --target-steps 4 --out runs/vp-chain4 \\
+        [--steps 600] [--batch-size 8] [--lr 1e-4] [--ema-decay 0.99] [--recipe-option teacher_steps=50]
+
+``--teacher``: a shipped prior name or a checkpoint directory (VP eps / x0 / v).  ``--target-steps`` K:
+the student's DDNM steps (grid ``ddim_dc.grid(K, T)``).  ``--steps``: training steps (default 600).
+Recipe options: ``teacher_steps`` (50), ``eta`` (0.85, DDNM's: the teacher's), ``student_eta`` (the student
+chain's; default ``eta``), ``bank_items`` (512 training problems
+whose teacher reconstructions are computed once), ``bank_batch`` (16), ``val_items`` (16 held-out
+problems from the dataset's last items), ``accelerations`` (``4,8``), ``kinds``
+(``equispaced_fraction,random``), and the data options of ``cli/recipes/mri.py`` (``volumes``,
+``slices``, ``data_seed``, ``size``, ``scales``, ``threads``).  ``whole=S`` (a multi-scale size, e.g. 128):
+the items are the whole scale-S images [2 S, S] of the multi-scale data (``--data`` its multiscale.pt)
+instead of 128x128 windows, so that a mask's aliasing has the geometry it has in ``medrecon recon``
+(replicas W/R apart across the whole field of view; a window's own FFT puts them 128/R apart).
+A rerun resumes (the bank's finished
+chunks and the last checkpoint).
+"""
+from __future__ import annotations
+
+from . import Recipe
+from .distill import prepare
+
+_DEFAULTS = {"steps": 600, "batch_size": 8, "lr": 1e-4}
+_INT = {"teacher_steps": 50, "bank_items": 512, "bank_batch": 16, "val_items": 16, "whole": 0}
+_DATA = ("volumes", "slices", "data_seed", "size", "scales", "threads")  # cli/recipes/mri.py's options
+
+
+def _options(args) -> tuple[dict, dict[str, str]]:
+    own = {**_INT, "eta": 0.85, "student_eta": None, "accelerations": (4, 8), "kinds": ("equispaced_fraction", "random")}
+    data = {}
+    for key, value in (args.recipe_options or {}).items():
+        try:
+            if key in _INT:
+                own[key] = int(value)
+            elif key in ("eta", "student_eta"):
+                own[key] = float(value)
+            elif key == "accelerations":
+                own[key] = tuple(int(v) for v in value.split(","))
+            elif key == "kinds":
+                own[key] = tuple(v.strip() for v in value.split(","))
+            elif key in _DATA:
+                data[key] = value
+            else:
+                raise KeyError(key)
+        except ValueError:
+            raise ValueError(f"--recipe-option {key}={value!r}: expected "
+                             f"{'a number' if key in (*_INT, 'eta', 'student_eta') else 'a comma-separated list'}") from None
+        except KeyError:
+            raise ValueError(f"--recipe-option {key}: unknown for recipe 'distill-chain'; valid: "
+                             f"{sorted([*_INT, 'eta', 'student_eta', 'accelerations', 'kinds', *_DATA])}") from None
+    for key in ("eta", "student_eta"):
+        if own[key] is not None and not 0 <= own[key] <= 1:
+            raise ValueError(f"--recipe-option {key}={own[key]}: expected 0 <= {key} <= 1")
+    return own, data
+
+
+class WholeImages:
+    """The whole images [2 s, s] (the encoded field of view, readout oversampling included, as ``medrecon
+    recon`` reconstructs them) of one scale of the multi-scale data, image-major: item j is image j // 2,
+    left-right flipped when j is odd (so the last items hold whole images, both flips)."""
+
+    def __init__(self, images) -> None:
+        self.images = images
+
+    def __len__(self) -> int:
+        return 2 * len(self.images)
+
+    def __getitem__(self, j: int):
+        x = self.images[j // 2]
+        return x.flip(-1) if j % 2 else x
+
+
+def _data(args, opts, whole: int):
+    """The recipe's items: the MRI recipes' windows, or with ``whole=S`` the whole scale-S images."""
+    from pathlib import Path
+
+    from .mri import _load
+
+    if not whole:
+        return _load(args, opts)
+    from .mri_scales import load_multiscale, prepare_multiscale
+
+    if whole < 0:
+        raise ValueError(f"--recipe-option whole={whole}: expected 0 (windows) or a scale of the multi-scale data")
+    path = args.data or prepare_multiscale(Path(args.out) / "data", opts["volumes"], opts["slices"],
+                                           opts["data_seed"], progress=not args.quiet)
+    images = load_multiscale(path)
+    if whole not in images:
+        raise ValueError(f"--recipe-option whole={whole}: --data {path} holds the scales {sorted(images)}")
+    return WholeImages(images[whole])
+
+
+def _run(args) -> int:
+    from medrecon.models.distill_chain_train import distill_chain
+
+    own, opts, teacher, name = prepare(args, "distill-chain", ("preset", "objective", "init", "steps_per_round"),
+                                       "--steps", _options, _DEFAULTS)
+    result = distill_chain(
+        teacher, _data(args, opts, own["whole"]), args.out, steps=args.target_steps, teacher_steps=own["teacher_steps"],
+        eta=own["eta"], student_eta=own["student_eta"], bank_items=own["bank_items"], bank_batch=own["bank_batch"], val_items=own["val_items"],
+        train_steps=args.steps, batch_size=args.batch_size, lr=args.lr, ema_decay=args.ema_decay or None,
+        grad_clip=args.grad_clip or None, save_every=args.save_every or None, kinds=own["kinds"],
+        accelerations=own["accelerations"], teacher_name=name, seed=args.seed, device=args.device,
+        resume=not args.no_resume, overwrite=args.overwrite, progress=not args.quiet)
+    r = result.record
+    print(f"DDNM-{r['teacher_steps']} -> DDNM-{r['steps']}: held-out MSE against the teacher "
+          f"{r['heldout_mse_before']:.3g} -> {r['heldout_mse']:.3g}; PSNR {r['heldout_psnr_before']:.2f} -> "
+          f"{r['heldout_psnr']:.2f} dB (teacher {r['teacher_psnr']:.2f})")
+    print(f"recipe distill-chain: student {result.checkpoint} (steps={r['steps']}, grid {result.grid})")
+    return 0
+
+
+RECIPES = {
+    "distill-chain": Recipe("distill-chain", _run, "a --target-steps DDNM student distilled end to end from the "
+                                                   "--teacher's many-step DDNM reconstructions"),
+}

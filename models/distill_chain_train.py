@@ -1,0 +1,211 @@
+"""The chain-distillation run (`medrecon.models.distill_chain`): teacher bank, training loop,
+checkpoints, resumption.
+
+``out/bank/``: the teacher's reconstructions, computed once in chunks of ``bank_batch`` problems
+(``chunk-XXXX.pt``, written atomically; a rerun computes only the missing chunks) for
+``bank_items`` training problems, plus ``val.pt`` for the ``val_items`` held-out problems (made from
+the dataset's last items, which training never draws).  Problem i of the bank draws its window
+index, mask and start noise from ``step_generator(seed, 1, i)``; its teacher chain's noise from
+``step_generator(seed, 3, i)``.  Training step k draws its batch and the student chain's noise from
+``step_generator(seed, 2, k)``, so a resumed run is bit-exact.  Checkpoints ``out/step-XXXXXXXX/``
+(model, EMA, optimizer; the last ``keep``), ``out/log.jsonl`` (loss per step, then the record),
+``out/plan.json`` (the settings: a rerun must match them, except that it may change ``train_steps``
+while no checkpoint is past the new length), ``out/student/`` (EMA weights, no optimizer).
+"""
+from __future__ import annotations
+
+import json
+import os
+import shutil
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+
+from medrecon.posterior.ddim_dc import grid as dc_grid
+
+from .checkpoint import load_checkpoint, save_checkpoint
+from .distill import STUDENT, _frozen, _plan, optimizer_step, restore, save_pruned
+from .distill_chain import CENTER_FRACTIONS, COLUMN_KINDS, ChainProblem, chain_loss, chain_problem, heldout, teacher_targets
+from .train_common import CHECKPOINT_NAME, EMA, latest_checkpoint, step_generator, to_model_input
+from .wrapper import DiffusionModel
+
+__all__ = ["ChainResult", "distill_chain"]
+
+
+@dataclass
+class ChainResult:
+    student: DiffusionModel
+    grid: list[int]
+    record: dict
+    checkpoint: Path
+
+
+def _eps(model: DiffusionModel, grad: bool):
+    from medrecon.methods.priors import network_eps  # the samplers' own wrapper
+
+    return network_eps(model, grad=grad)
+
+
+def _items(dataset, idx, device, in_channels) -> torch.Tensor:
+    return to_model_input(torch.stack([torch.as_tensor(dataset[i]) for i in idx]).to(device), in_channels)
+
+
+def _save_atomic(obj, path: Path) -> None:
+    tmp = path.with_name(f".{path.name}.tmp")
+    torch.save(obj, tmp)
+    os.replace(tmp, path)
+
+
+def _problems(dataset, idx, g, device, in_channels, kinds, accelerations) -> ChainProblem:
+    return chain_problem(_items(dataset, idx, device, in_channels), g, kinds, accelerations)
+
+
+def _bank(teacher, dataset, out: Path, *, n_train, bank_items, bank_batch, val_items, teacher_steps, eta, seed,
+          device, kinds, accelerations, progress) -> tuple[ChainProblem, torch.Tensor, ChainProblem, torch.Tensor]:
+    """(training problems, their targets, held-out problems, their targets), computing missing chunks."""
+    bank = out / "bank"
+    bank.mkdir(parents=True, exist_ok=True)
+    betas, eps = teacher.schedule.betas, _eps(teacher, False)
+    chunks = [(s, min(s + bank_batch, bank_items)) for s in range(0, bank_items, bank_batch)]
+    jobs = [("val", range(n_train, len(dataset)))] + [(f"chunk-{c:04d}", range(a, b)) for c, (a, b) in enumerate(chunks)]
+    todo = [(name, r) for name, r in jobs if not (bank / f"{name}.pt").is_file()]
+    pbar = None
+    if progress and todo:
+        from tqdm.auto import tqdm
+        pbar = tqdm(total=sum(len(r) for _, r in todo), desc=f"teacher DDNM-{teacher_steps} bank")
+    for name, r in todo:
+        parts = []
+        for i in r:  # one generator per problem: chunking does not change the bank
+            g = step_generator(seed, 1, i if name != "val" else 0x7FFF_0000 + i, device)
+            j = i if name == "val" else int(torch.randint(n_train, (1,), generator=g, device=device))
+            parts.append(_problems(dataset, [j], g, device, teacher.in_channels, kinds, accelerations))
+        p = ChainProblem.cat(parts)
+        g = step_generator(seed, 3, r.start, device)
+        target = teacher_targets(eps, p, betas, teacher_steps, eta, g)
+        _save_atomic({"x": p.x, "y": p.y, "mask": p.mask, "x_T": p.x_T, "target": target}, bank / f"{name}.pt")
+        if pbar is not None:
+            pbar.update(len(r))
+    if pbar is not None:
+        pbar.close()
+
+    def load(name):
+        d = torch.load(bank / f"{name}.pt", map_location=device, weights_only=True)
+        return ChainProblem(d["x"], d["y"], d["mask"], d["x_T"]), d["target"]
+    train = [load(name) for name, _ in jobs[1:]]
+    val_p, val_t = load("val")
+    return ChainProblem.cat([p for p, _ in train]), torch.cat([t for _, t in train]), val_p, val_t
+
+
+def _extend(out: Path, plan: dict, resume: bool) -> None:
+    """A resumed run may change its length: when only ``train_steps`` differs from its plan and no
+    checkpoint is past the new length, record it (training goes on from the last checkpoint; the
+    learning rate is constant, so a longer or shorter run is the same run up to its end)."""
+    file = out / "plan.json"
+    if not (resume and file.is_file()):
+        return
+    old = json.loads(file.read_text())
+    same = {k: v for k, v in old.items() if k != "train_steps"} == {k: v for k, v in plan.items() if k != "train_steps"}
+    last = latest_checkpoint(out)
+    done = int(last.name.split("-")[1]) if last is not None else 0
+    if old.get("method") == "chain" and same and done <= plan["train_steps"] != old.get("train_steps"):
+        tmp = out / ".plan.json.tmp"
+        tmp.write_text(json.dumps({**old, "train_steps": plan["train_steps"]}, indent=1))
+        os.replace(tmp, file)
+
+
+def distill_chain(teacher: DiffusionModel, dataset, out_dir, *, steps: int = 4, teacher_steps: int = 50,
+                  eta: float = 0.85, student_eta: float | None = None, bank_items: int = 512, bank_batch: int = 16,
+                  val_items: int = 16,
+                  train_steps: int = 500, batch_size: int = 8, lr: float = 5e-5, ema_decay: float | None = None,
+                  grad_clip: float | None = 1.0, save_every: int | None = None, keep: int = 2,
+                  kinds=("equispaced_fraction", "random"), accelerations=(4, 8), teacher_name: str = "",
+                  seed: int = 0, device=None, resume: bool = True, overwrite: bool = False,
+                  progress: bool = True) -> ChainResult:
+    """Distil ``teacher``'s ``teacher_steps``-step DDNM into a ``steps``-step DDNM student (module docstrings)."""
+    betas = getattr(teacher.schedule, "betas", None)
+    if betas is None or teacher.prediction_type == "score" or teacher.network_config is None:
+        raise ValueError(f"teacher: expected a VP eps / x0 / v model with a network_config, got a "
+                         f"{teacher.prediction_type!r} model on {type(teacher.schedule).__name__}")
+    if not 1 <= steps < teacher_steps:
+        raise ValueError(f"steps, teacher_steps: expected 1 <= steps < teacher_steps, got {steps}, {teacher_steps}")
+    if min(bank_items, bank_batch, train_steps, batch_size, val_items) < 1 or len(dataset) <= val_items:
+        raise ValueError(f"bank_items, bank_batch, train_steps, batch_size, val_items: expected >= 1 and fewer "
+                         f"held-out items than the {len(dataset)} of the dataset")
+    bad = [a for a in accelerations if a not in CENTER_FRACTIONS] + [k for k in kinds if k not in COLUMN_KINDS]
+    if bad or not accelerations or not kinds:
+        raise ValueError(f"accelerations, kinds: expected some of {sorted(CENTER_FRACTIONS)} and of {COLUMN_KINDS}, "
+                         f"got {list(accelerations)}, {list(kinds)}")
+    student_eta = eta if student_eta is None else float(student_eta)
+    if not (0 <= eta <= 1 and 0 <= student_eta <= 1):
+        raise ValueError(f"eta, student_eta: expected values in [0, 1], got {eta}, {student_eta}")
+    device = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
+    out, n_train = Path(out_dir), len(dataset) - val_items
+    g_student = [int(t) for t in dc_grid(steps, len(betas))]
+    cfg = {"train_steps": train_steps, "batch_size": batch_size, "lr": lr, "ema_decay": ema_decay,
+           "grad_clip": grad_clip, "seed": seed}
+    plan = {"method": "chain", "teacher": teacher_name, "steps": steps, "teacher_steps": teacher_steps, "eta": eta,
+            "student_eta": student_eta, "bank_items": bank_items, "val_items": val_items, "kinds": list(kinds),
+            "accelerations": list(accelerations), **cfg}
+    if overwrite and not resume and (out / "plan.json").is_file():
+        for q in out.iterdir():  # everything a chain run writes (the bank depends on the plan too)
+            if q.name in ("bank", STUDENT, "plan.json", "log.jsonl") or CHECKPOINT_NAME.match(q.name):
+                shutil.rmtree(q) if q.is_dir() else q.unlink()
+    _extend(out, plan, resume)
+    _plan(out, plan, resume, overwrite)
+    teacher = _frozen(teacher)
+    teacher.net.to(device)
+    train_p, train_t, val_p, val_t = _bank(
+        teacher, dataset, out, n_train=n_train, bank_items=bank_items, bank_batch=bank_batch, val_items=val_items,
+        teacher_steps=teacher_steps, eta=eta, seed=seed, device=device, kinds=tuple(kinds),
+        accelerations=tuple(accelerations), progress=progress)
+    info = {"steps": steps, "grid": g_student, "teacher": teacher_name,
+            "teacher_grid": [int(t) for t in dc_grid(teacher_steps, len(betas))], "method": "chain",
+            "data_step": "ddnm", "eta": student_eta, "teacher_eta": eta}
+
+    student = _frozen(teacher).requires_grad_(True).train()
+    opt = torch.optim.AdamW(student.net.parameters(), lr=lr, weight_decay=0.0)
+    ema = EMA(student.net, ema_decay) if ema_decay else None
+    last = latest_checkpoint(out)
+    start = 0
+    if resume and last is not None:
+        ck = load_checkpoint(last, device, teacher.prediction_type)
+        start, before = restore(ck, student, opt, ema), ck.extra["round_state"]["before"]
+    else:
+        before = heldout(_eps(teacher, False), val_p, val_t, betas, steps, student_eta, seed)
+
+    def save(step: int, record: dict | None = None) -> Path:
+        return save_pruned(out, student, {
+            "network": teacher.network_config, "objective": "distill-chain", **cfg,
+            "distilled": {**info, "rounds": [record] if record else []}, "round_state": {"before": before}},
+            ema, opt, step, keep)
+
+    pbar = None
+    if progress:
+        from tqdm.auto import tqdm
+        pbar = tqdm(total=train_steps, initial=start, desc=f"DDNM-{teacher_steps} -> DDNM-{steps}")
+    eps = _eps(student, True)
+    with open(out / "log.jsonl", "a") as log:
+        for step in range(start, train_steps):
+            g = step_generator(seed, 2, step, device)
+            idx = torch.randint(len(train_t), (batch_size,), generator=g, device=device)
+            loss = chain_loss(eps, train_p.index(idx), train_t[idx], betas, steps, student_eta, g)
+            optimizer_step(student, opt, ema, loss, grad_clip)
+            log.write(json.dumps({"step": step + 1, "loss": float(loss.detach())}) + "\n")
+            if pbar is not None:
+                pbar.update(1)
+            if save_every and (step + 1) % save_every == 0 and step + 1 < train_steps:
+                log.flush()
+                save(step + 1)
+        result = _frozen(student, ema.shadow if ema else None)
+        after = heldout(_eps(result, False), val_p, val_t, betas, steps, student_eta, seed)
+        record = {"round": 1, "steps": steps, "teacher_steps": teacher_steps, "train_steps": train_steps,
+                  **{f"{k}_before": v for k, v in before.items()}, **after}
+        log.write(json.dumps(record) + "\n")
+    if pbar is not None:
+        pbar.close()
+    save(train_steps, record)
+    final = {"network": teacher.network_config, "objective": "distill-chain", **cfg,
+             "distilled": {**info, "rounds": [record]}}
+    path = save_checkpoint(out / STUDENT, result, final, overwrite=True)
+    return ChainResult(student=result, grid=g_student, record=record, checkpoint=path)

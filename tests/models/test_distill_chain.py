@@ -1,0 +1,143 @@
+"""Chain distillation with the data step (``models/distill_chain*.py``): the problems are the fastMRI
+masks at the methods' scale, the teacher's target is the samplers' own DDNM, training moves the K-step
+chain towards it, the run resumes exactly, and the student runs in the samplers on its grid only."""
+import json
+import math
+import shutil
+
+import pytest
+import torch
+
+from medrecon.models.checkpoint import load_checkpoint
+from medrecon.models.distill_chain import CENTER_FRACTIONS, chain_problem, heldout, psnr_db, teacher_targets
+from medrecon.models.distill_chain_train import distill_chain
+from medrecon.physics.mri import MultiCoilMRI, SingleCoilMRI
+from medrecon.posterior.ddim_dc import grid
+from medrecon.posterior.ddnm import ddnm
+from medrecon.reconstruct import reconstruct
+
+from .test_distill import BETAS, _images, _teacher
+
+RUN = dict(steps=2, teacher_steps=6, bank_items=6, bank_batch=4, val_items=3, train_steps=4, batch_size=2,
+           lr=1e-4, ema_decay=0.9, save_every=2, teacher_name="tiny-teacher", device="cpu", progress=False)
+
+
+@pytest.fixture(scope="module")
+def run(tmp_path_factory):
+    out = tmp_path_factory.mktemp("chain") / "run"
+    return out, distill_chain(_teacher(), _images(), out, **RUN)
+
+
+def test_problems_are_fastmri_masks_at_the_methods_scale():
+    x = torch.stack(_images(6))
+    p = chain_problem(x, torch.Generator().manual_seed(3), accelerations=(4, 8))
+    A = p.operator()
+    torch.testing.assert_close(A.forward(p.x), p.y)                      # y = M F x of the scaled truth
+    torch.testing.assert_close(A.adjoint(p.y).abs().flatten(1).amax(1), torch.ones(6))  # normalize=True's scale
+    frac = p.mask.float().mean((1, 2))
+    assert p.mask.shape == (6, 1, 16) and all(0 < f <= 0.5 for f in frac.tolist())  # 4x or 8x with centre
+    q = chain_problem(x, torch.Generator().manual_seed(3), accelerations=(4, 8))
+    assert torch.equal(p.mask, q.mask) and torch.equal(p.x_T, q.x_T)     # all draws from the generator
+    assert CENTER_FRACTIONS == {4: 0.08, 8: 0.04}
+    with pytest.raises(ValueError, match="accelerations, kinds"):
+        chain_problem(x, torch.Generator(), accelerations=(3,))
+    with pytest.raises(ValueError, match="complex windows"):
+        chain_problem(x.abs(), torch.Generator())
+
+
+def test_teacher_target_is_the_samplers_ddnm_and_data_consistent():
+    teacher = _teacher().eval()
+    p = chain_problem(torch.stack(_images(3)), torch.Generator().manual_seed(4))
+    eps = lambda z, t: teacher.eps(z, t)  # noqa: E731
+    out = teacher_targets(eps, p, BETAS, 6, 0.85, torch.Generator().manual_seed(5))
+    ref, nfe = ddnm(eps, p.operator(), p.y, BETAS, 6, torch.Generator().manual_seed(5), eta=0.85, x_T=p.x_T)
+    assert nfe == 6 and torch.equal(out, ref)
+    torch.testing.assert_close(p.operator().forward(out), p.y, rtol=0, atol=1e-5)  # the last step's projection
+    assert psnr_db(p.x, p.x).min() > 150
+
+
+def test_training_moves_the_chain_towards_the_teacher(tmp_path):
+    r = distill_chain(_teacher(), _images(), tmp_path, **{**RUN, "train_steps": 30, "lr": 3e-3, "ema_decay": None,
+                                                          "save_every": None, "bank_items": 12})
+    rec = r.record
+    # measured: held-out MSE against the (random, tiny) teacher's DDNM-6 477.5 -> 354.2
+    assert rec["heldout_mse"] < 0.85 * rec["heldout_mse_before"]
+    assert math.isfinite(rec["heldout_psnr"]) and rec["teacher_psnr"] == rec["teacher_psnr_before"]
+
+
+def test_checkpoint_records_the_chain(run):
+    out, result = run
+    d = load_checkpoint(out / "student").extra["distilled"]
+    assert d["steps"] == 2 and d["grid"] == grid(2, 1000).tolist() == result.grid
+    assert d["teacher_grid"] == grid(6, 1000).tolist() and d["teacher"] == "tiny-teacher"
+    assert (d["method"], d["data_step"], d["eta"]) == ("chain", "ddnm", 0.85)
+    rec = d["rounds"][0]
+    assert {"heldout_mse", "heldout_mse_before", "heldout_psnr", "teacher_psnr"} <= rec.keys()
+    assert sorted(p.name for p in (out / "bank").iterdir()) == ["chunk-0000.pt", "chunk-0001.pt", "val.pt"]
+
+
+def test_resume_is_exact_and_settings_are_checked(run, tmp_path):
+    """Delete the last checkpoint, the student and one bank chunk: the rerun recomputes the chunk to the
+    same bits and resumes training from step 2 to the same weights."""
+    src, _ = run
+    out = tmp_path / "run"
+    shutil.copytree(src, out)
+    for sub in ("step-00000004", "student"):
+        shutil.rmtree(out / sub)
+    (out / "bank" / "chunk-0001.pt").unlink()
+    distill_chain(_teacher(), _images(), out, **RUN)
+    a = torch.load(src / "bank" / "chunk-0001.pt", weights_only=True)
+    b = torch.load(out / "bank" / "chunk-0001.pt", weights_only=True)
+    assert all(torch.equal(a[k], b[k]) for k in a)
+    for sub in ("student", "step-00000004"):
+        ma, mb = load_checkpoint(src / sub).model.net.state_dict(), load_checkpoint(out / sub).model.net.state_dict()
+        assert all(torch.equal(v, mb[k]) for k, v in ma.items())
+    with pytest.raises(ValueError, match="teacher_steps"):
+        distill_chain(_teacher(), _images(), out, **{**RUN, "teacher_steps": 8})
+    with pytest.raises(ValueError, match="train_steps"):  # shorter than its last checkpoint (step 4)
+        distill_chain(_teacher(), _images(), out, **{**RUN, "train_steps": 3})
+    longer = distill_chain(_teacher(), _images(), out, **{**RUN, "train_steps": 6})  # goes on from step 4
+    assert longer.record["train_steps"] == 6 and (out / "step-00000006").is_dir()
+    assert json.loads((out / "plan.json").read_text())["train_steps"] == 6
+    distill_chain(_teacher(), _images(), out, **{**RUN, "teacher_steps": 8}, resume=False, overwrite=True)
+    assert load_checkpoint(out / "student").extra["distilled"]["teacher_grid"] == grid(8, 1000).tolist()
+
+
+def test_bad_settings_are_refused(tmp_path):
+    with pytest.raises(ValueError, match="steps < teacher_steps"):
+        distill_chain(_teacher(), _images(), tmp_path, **{**RUN, "steps": 6})
+    with pytest.raises(ValueError, match="held-out"):
+        distill_chain(_teacher(), _images(3), tmp_path, **RUN)
+
+
+def test_samplers_run_the_student_on_its_grid_only(run):
+    out, _ = run
+    ck = str(out / "student")
+    smaps = torch.ones(2, 16, 16, dtype=torch.complex64) / math.sqrt(2)
+    mask = torch.zeros(1, 16, dtype=torch.bool)
+    mask[:, ::2] = True
+    k = MultiCoilMRI(smaps, mask).forward(torch.stack(_images(1)))
+    for method in ("ddnm", "dds"):
+        r = reconstruct(k, mask, method, smaps=smaps, checkpoint=ck, steps=2, seed=1)
+        assert torch.isfinite(r.image).all() and r.nfe == 2
+    with pytest.raises(ValueError, match=r"distilled for steps=2 \(grid \[500, 0, -1\]\), but steps=4"):
+        reconstruct(k, mask, "ddnm", smaps=smaps, checkpoint=ck, steps=4)
+    assert isinstance(SingleCoilMRI(mask, (16, 16)), SingleCoilMRI)
+
+
+def test_the_students_eta_is_the_methods_default(tmp_path):
+    """A chain student trained at student_eta = 0 runs at eta 0 unless eta is given; other checkpoints
+    keep DDNM's 0.85; a bad eta names the option."""
+    from medrecon.methods.distilled import ETA, default_eta
+    from medrecon.methods.vp import DDNMOptions, DDSOptions
+
+    out = tmp_path / "run"
+    distill_chain(_teacher(), _images(), out, **{**RUN, "student_eta": 0.0, "train_steps": 1, "save_every": None})
+    d = load_checkpoint(out / "student").extra["distilled"]
+    assert (d["eta"], d["teacher_eta"]) == (0.0, 0.85)
+    ck = str(out / "student")
+    assert default_eta(DDNMOptions(checkpoint=ck, steps=2), "ddnm") == 0.0
+    assert default_eta(DDSOptions(checkpoint=ck, steps=2, eta=0.5), "dds") == 0.5
+    assert default_eta(DDNMOptions(), "ddnm") == ETA == 0.85
+    with pytest.raises(ValueError, match="ddnm option eta: expected 0 <= eta <= 1, got 1.5"):
+        default_eta(DDNMOptions(eta=1.5), "ddnm")
