@@ -34,7 +34,6 @@ held-out windows, before and after).
 """
 from __future__ import annotations
 
-import math
 from dataclasses import dataclass
 
 import torch
@@ -87,8 +86,9 @@ def chain_problem(x: torch.Tensor, g: torch.Generator, kinds=("equispaced_fracti
         seed = int(torch.randint(2 ** 31, (1,), generator=g))
         masks.append(sample_mask(kind, (H, W), acc, CENTER_FRACTIONS[acc], seed).mask)
     mask = torch.stack(masks).to(x.device)                                   # [B, 1, W]
-    y = SingleCoilMRI(mask, (H, W)).forward(x)
-    scale = SingleCoilMRI(mask, (H, W)).adjoint(y).abs().flatten(1).amax(1).clamp(min=1e-12)[:, None, None]
+    A = SingleCoilMRI(mask, (H, W))
+    y = A.forward(x)
+    scale = A.adjoint(y).abs().flatten(1).amax(1).clamp(min=1e-12)[:, None, None]
     return ChainProblem(x / scale, y / scale, mask, noise_like(x, g))
 
 
@@ -129,6 +129,7 @@ def heldout(eps_fn, p: ChainProblem, target: torch.Tensor, betas, steps: int, et
     g = torch.Generator(device=p.x.device).manual_seed(int(seed))
     out = student_chain(eps_fn, p, betas, steps, eta, g)
     mse = float(torch.view_as_real(out - target).square().mean())
-    return {"heldout_mse": mse, "heldout_psnr": float(psnr_db(out, p.x).mean()),
+    psnr = psnr_db(out, p.x)
+    return {"heldout_mse": mse, "heldout_psnr": float(psnr.mean()),
             "teacher_psnr": float(psnr_db(target, p.x).mean()),
-            "heldout_psnr_min": float(psnr_db(out, p.x).min()) if math.isfinite(mse) else float("nan")}
+            "heldout_psnr_min": float(psnr.min())}

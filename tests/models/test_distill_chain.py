@@ -11,7 +11,7 @@ import torch
 from medrecon.models.checkpoint import load_checkpoint
 from medrecon.models.distill_chain import CENTER_FRACTIONS, chain_problem, heldout, psnr_db, teacher_targets
 from medrecon.models.distill_chain_train import distill_chain
-from medrecon.physics.mri import MultiCoilMRI, SingleCoilMRI
+from medrecon.physics.mri import MultiCoilMRI
 from medrecon.posterior.ddim_dc import grid
 from medrecon.posterior.ddnm import ddnm
 from medrecon.reconstruct import reconstruct
@@ -122,7 +122,6 @@ def test_samplers_run_the_student_on_its_grid_only(run):
         assert torch.isfinite(r.image).all() and r.nfe == 2
     with pytest.raises(ValueError, match=r"distilled for steps=2 \(grid \[500, 0, -1\]\), but steps=4"):
         reconstruct(k, mask, "ddnm", smaps=smaps, checkpoint=ck, steps=4)
-    assert isinstance(SingleCoilMRI(mask, (16, 16)), SingleCoilMRI)
 
 
 def test_the_students_eta_is_the_methods_default(tmp_path):
