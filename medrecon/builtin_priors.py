@@ -75,9 +75,11 @@ PRIORS: dict[str, PriorInfo] = {
         "fdmr: T = 4 generator steps, then early-stopped adaptation and refinement (10-20 NFE)"),
     "brain128-vp-distill4": PriorInfo(
         "distilled", "brain128-vp distilled into a 4-step DDNM chain (eta 0, data step between its steps) from the "
-        "teacher's DDNM-50 reconstructions (recipe distill-chain)", _BRAIN_MS + "; problems: 512 windows, fastMRI "
-        "equispaced_fraction / random column masks at 4x (centre 0.08) and 8x (0.04), targets brain128-vp's DDNM-50 "
-        "(eta 0.85)", 0, 4, "ddnm / dds at steps=4 only (its grid 750, 500, 250, 0; eta 0 by default); ccdf with t0=1"),
+        "teacher's DDNM-50 reconstructions (recipe distill-chain)", _BRAIN_MS + "; problems: 512 windows, then 256 "
+        "strips of 128 rows of whole 640x320 images (64 simulated volumes at recon matrix 320, 3 slices each), "
+        "fastMRI equispaced_fraction / random column masks at 4x (centre 0.08) and 8x (0.04), targets brain128-vp's "
+        "DDNM-50 (eta 0.85)", 450, 4, "ddnm / dds at steps=4 only (its grid 750, 500, 250, 0; eta 0 by default); "
+        "ccdf with t0=1"),
     "ct128-pixel-ddpm": PriorInfo(
         "ct-pixel-ddpm", "conditional pixel-space DDPM for low-dose CT, eps on 1000 linear betas, LDCT as a second "
         "input channel (recipe ct-pixel-ddpm)", _CT, 0, 5,
@@ -158,7 +160,8 @@ def describe(name: str) -> dict:
         "network": f"{cfg['network']['type']} channels {list(net['channels'])}, {net['in_channels']} in",
         "prediction": cfg.get("prediction_type"), "schedule": schedule.get("type"),
         "training_data": info.data, "training_steps": info.steps_before + steps,
-        "training_runs": [info.steps_before, steps] if extra.get("init") else [steps],
+        "training_runs": [info.steps_before, steps] if extra.get("init") or (extra.get("distilled") or {}).get("init")
+        else [steps],
         "weights": extra.get("weights"), "nfe": info.nfe, "nfe_note": info.nfe_note, "path": str(path),
     }
 

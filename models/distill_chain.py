@@ -31,6 +31,9 @@ The student keeps the teacher's network and eps parametrisation; its checkpoint 
 `medrecon.methods.distilled.check_distilled` enforces, plus ``data_step``, ``eta``, the teacher's
 steps and the held-out record (``heldout``: MSE against the teacher and PSNR against the truth of
 held-out windows, before and after).
+
+Strips (``rows=R``, ``chain_problem``): the problems are R-row strips of whole fastMRI-size images,
+so that the student sees inference's aliasing geometry and pixel scale at a fraction of the cost.
 """
 from __future__ import annotations
 
@@ -70,8 +73,16 @@ class ChainProblem:
 
 
 def chain_problem(x: torch.Tensor, g: torch.Generator, kinds=("equispaced_fraction", "random"),
-                  accelerations=(4, 8)) -> ChainProblem:
-    """The problems of clean windows ``x`` [B, H, W] (module docstring); all draws from ``g``."""
+                  accelerations=(4, 8), rows: int = 0) -> ChainProblem:
+    """The problems of clean windows ``x`` [B, H, W] (module docstring); all draws from ``g``.
+
+    ``rows=R``: ``x`` holds whole images (the encoded field of view [2 s, s]) and each problem is a
+    strip of R rows of one of them, at a random offset within the object's readout extent (the
+    central half of H, +- 32 rows, as the multi-scale windows).  A column mask's projection
+    F^H M F = I_H (x) F_W^H M_W F_W acts on each row alone, so the strip's problem is the whole
+    image's problem restricted to those rows: its aliasing is the whole image's (copies W/R apart)
+    and its scale is the whole image's zero-filled maximum (as ``normalize=True`` at inference),
+    at R/H of the cost."""
     if not x.is_complex() or x.ndim != 3:
         raise ValueError(f"x: expected complex windows [B, H, W], got {tuple(x.shape)} {x.dtype}")
     bad = [a for a in accelerations if a not in CENTER_FRACTIONS] + [k for k in kinds if k not in COLUMN_KINDS]
@@ -79,16 +90,24 @@ def chain_problem(x: torch.Tensor, g: torch.Generator, kinds=("equispaced_fracti
         raise ValueError(f"accelerations, kinds: expected some of {sorted(CENTER_FRACTIONS)} and of {COLUMN_KINDS}, "
                          f"got {list(accelerations)}, {list(kinds)}")
     B, H, W = x.shape
-    masks = []
+    if rows and not 0 < rows <= H:
+        raise ValueError(f"rows: expected 0 (the whole window) or 1 <= rows <= {H} (the images' height), got {rows}")
+    masks, offsets = [], []
     for _ in range(B):
         kind = kinds[int(torch.randint(len(kinds), (1,), generator=g))]
         acc = accelerations[int(torch.randint(len(accelerations), (1,), generator=g))]
         seed = int(torch.randint(2 ** 31, (1,), generator=g))
         masks.append(sample_mask(kind, (H, W), acc, CENTER_FRACTIONS[acc], seed).mask)
+        if rows:
+            lo, hi = (min(max(v, 0), H - rows) for v in (H // 4 - 32, H - H // 4 + 32 - rows))
+            offsets.append(lo + int(torch.randint(max(hi - lo, 0) + 1, (1,), generator=g)))
     mask = torch.stack(masks).to(x.device)                                   # [B, 1, W]
     A = SingleCoilMRI(mask, (H, W))
     y = A.forward(x)
     scale = A.adjoint(y).abs().flatten(1).amax(1).clamp(min=1e-12)[:, None, None]
+    if rows:
+        x = torch.stack([xi[o:o + rows] for xi, o in zip(x, offsets)])
+        y = SingleCoilMRI(mask, (rows, W)).forward(x)
     return ChainProblem(x / scale, y / scale, mask, noise_like(x, g))
 
 

@@ -57,12 +57,12 @@ def _save_atomic(obj, path: Path) -> None:
     os.replace(tmp, path)
 
 
-def _problems(dataset, idx, g, device, in_channels, kinds, accelerations) -> ChainProblem:
-    return chain_problem(_items(dataset, idx, device, in_channels), g, kinds, accelerations)
+def _problems(dataset, idx, g, device, in_channels, kinds, accelerations, rows=0) -> ChainProblem:
+    return chain_problem(_items(dataset, idx, device, in_channels), g, kinds, accelerations, rows)
 
 
 def _bank(teacher, dataset, out: Path, *, n_train, bank_items, bank_batch, val_items, teacher_steps, eta, seed,
-          device, kinds, accelerations, progress) -> tuple[ChainProblem, torch.Tensor, ChainProblem, torch.Tensor]:
+          device, kinds, accelerations, progress, rows=0) -> tuple[ChainProblem, torch.Tensor, ChainProblem, torch.Tensor]:
     """(training problems, their targets, held-out problems, their targets), computing missing chunks."""
     bank = out / "bank"
     bank.mkdir(parents=True, exist_ok=True)
@@ -79,7 +79,7 @@ def _bank(teacher, dataset, out: Path, *, n_train, bank_items, bank_batch, val_i
         for i in r:  # one generator per problem: chunking does not change the bank
             g = step_generator(seed, 1, i if name != "val" else 0x7FFF_0000 + i, device)
             j = i if name == "val" else int(torch.randint(n_train, (1,), generator=g, device=device))
-            parts.append(_problems(dataset, [j], g, device, teacher.in_channels, kinds, accelerations))
+            parts.append(_problems(dataset, [j], g, device, teacher.in_channels, kinds, accelerations, rows))
         p = ChainProblem.cat(parts)
         g = step_generator(seed, 3, r.start, device)
         target = teacher_targets(eps, p, betas, teacher_steps, eta, g)
@@ -121,8 +121,14 @@ def distill_chain(teacher: DiffusionModel, dataset, out_dir, *, steps: int = 4, 
                   grad_clip: float | None = 1.0, save_every: int | None = None, keep: int = 2,
                   kinds=("equispaced_fraction", "random"), accelerations=(4, 8), teacher_name: str = "",
                   seed: int = 0, device=None, resume: bool = True, overwrite: bool = False,
-                  progress: bool = True) -> ChainResult:
-    """Distil ``teacher``'s ``teacher_steps``-step DDNM into a ``steps``-step DDNM student (module docstrings)."""
+                  progress: bool = True, rows: int = 0, init: DiffusionModel | None = None,
+                  init_name: str = "") -> ChainResult:
+    """Distil ``teacher``'s ``teacher_steps``-step DDNM into a ``steps``-step DDNM student (module docstrings).
+
+    ``rows=R``: the items are whole images and the problems R-row strips of them
+    (``distill_chain.chain_problem``).  ``init``: the student's starting weights (default: the
+    teacher's), e.g. an earlier student to train further on other problems; it must have the
+    teacher's network and parametrisation."""
     betas = getattr(teacher.schedule, "betas", None)
     if betas is None or teacher.prediction_type == "score" or teacher.network_config is None:
         raise ValueError(f"teacher: expected a VP eps / x0 / v model with a network_config, got a "
@@ -136,6 +142,13 @@ def distill_chain(teacher: DiffusionModel, dataset, out_dir, *, steps: int = 4, 
     if bad or not accelerations or not kinds:
         raise ValueError(f"accelerations, kinds: expected some of {sorted(CENTER_FRACTIONS)} and of {COLUMN_KINDS}, "
                          f"got {list(accelerations)}, {list(kinds)}")
+    if rows < 0 or rows % teacher.network_config.downsample_factor:
+        raise ValueError(f"rows: expected 0 (whole items) or a positive multiple of the network's downsampling "
+                         f"factor {teacher.network_config.downsample_factor}, got {rows}")
+    if init is not None and (init.network_config != teacher.network_config or init.prediction_type !=
+                             teacher.prediction_type or not torch.equal(init.schedule.betas, teacher.schedule.betas)):
+        raise ValueError(f"init {init_name!r}: expected the teacher's network, schedule and {teacher.prediction_type!r} "
+                         f"parametrisation")
     student_eta = eta if student_eta is None else float(student_eta)
     if not (0 <= eta <= 1 and 0 <= student_eta <= 1):
         raise ValueError(f"eta, student_eta: expected values in [0, 1], got {eta}, {student_eta}")
@@ -146,7 +159,8 @@ def distill_chain(teacher: DiffusionModel, dataset, out_dir, *, steps: int = 4, 
            "grad_clip": grad_clip, "seed": seed}
     plan = {"method": "chain", "teacher": teacher_name, "steps": steps, "teacher_steps": teacher_steps, "eta": eta,
             "student_eta": student_eta, "bank_items": bank_items, "val_items": val_items, "kinds": list(kinds),
-            "accelerations": list(accelerations), **cfg}
+            "accelerations": list(accelerations), **cfg,
+            **({"rows": rows} if rows else {}), **({"init": init_name or "given"} if init is not None else {})}
     if overwrite and not resume and (out / "plan.json").is_file():
         for q in out.iterdir():  # everything a chain run writes (the bank depends on the plan too)
             if q.name in ("bank", STUDENT, "plan.json", "log.jsonl") or CHECKPOINT_NAME.match(q.name):
@@ -158,12 +172,14 @@ def distill_chain(teacher: DiffusionModel, dataset, out_dir, *, steps: int = 4, 
     train_p, train_t, val_p, val_t = _bank(
         teacher, dataset, out, n_train=n_train, bank_items=bank_items, bank_batch=bank_batch, val_items=val_items,
         teacher_steps=teacher_steps, eta=eta, seed=seed, device=device, kinds=tuple(kinds),
-        accelerations=tuple(accelerations), progress=progress)
+        accelerations=tuple(accelerations), progress=progress, rows=rows)
     info = {"steps": steps, "grid": g_student, "teacher": teacher_name,
             "teacher_grid": [int(t) for t in dc_grid(teacher_steps, len(betas))], "method": "chain",
-            "data_step": "ddnm", "eta": student_eta, "teacher_eta": eta}
+            "data_step": "ddnm", "eta": student_eta, "teacher_eta": eta,
+            **({"rows": rows} if rows else {}), **({"init": init_name or "given"} if init is not None else {})}
 
-    student = _frozen(teacher).requires_grad_(True).train()
+    student = _frozen(teacher if init is None else init).requires_grad_(True).train()
+    student.net.to(device)
     opt = torch.optim.AdamW(student.net.parameters(), lr=lr, weight_decay=0.0)
     ema = EMA(student.net, ema_decay) if ema_decay else None
     last = latest_checkpoint(out)
@@ -172,7 +188,7 @@ def distill_chain(teacher: DiffusionModel, dataset, out_dir, *, steps: int = 4, 
         ck = load_checkpoint(last, device, teacher.prediction_type)
         start, before = restore(ck, student, opt, ema), ck.extra["round_state"]["before"]
     else:
-        before = heldout(_eps(teacher, False), val_p, val_t, betas, steps, student_eta, seed)
+        before = heldout(_eps(_frozen(student), False), val_p, val_t, betas, steps, student_eta, seed)
 
     def save(step: int, record: dict | None = None) -> Path:
         return save_pruned(out, student, {

@@ -43,14 +43,14 @@ def _options(args) -> tuple[dict[str, int], dict[str, str]]:
     return own, data
 
 
-def _teacher(name: str, device):
-    """(model, its name or path) of ``--teacher``, EMA weights when saved."""
+def _teacher(name: str, device, flag: str = "--teacher"):
+    """(model, its name or path) of ``--teacher`` (or ``flag``), EMA weights when saved."""
     from medrecon.builtin_priors import BUILTIN_PRIORS, resolve_checkpoint
     from medrecon.models.checkpoint import load_model
 
     path = resolve_checkpoint(name, "")
     if not (path / "config.json").is_file():
-        raise ValueError(f"--teacher {name!r}: neither a shipped prior ({', '.join(BUILTIN_PRIORS)}) nor a "
+        raise ValueError(f"{flag} {name!r}: neither a shipped prior ({', '.join(BUILTIN_PRIORS)}) nor a "
                          f"checkpoint directory (config.json + model.safetensors)")
     return load_model(path, map_location=device or "cpu"), name if name in BUILTIN_PRIORS else str(path)
 

@@ -15,7 +15,11 @@ problems from the dataset's last items), ``accelerations`` (``4,8``), ``kinds``
 the items are the whole scale-S images [2 S, S] of the multi-scale data (``--data`` its multiscale.pt)
 instead of 128x128 windows, so that a mask's aliasing has the geometry it has in ``medrecon recon``
 (replicas W/R apart across the whole field of view; a window's own FFT puts them 128/R apart).
-A rerun resumes (the bank's finished
+``rows=R`` (with ``whole``): each problem is an R-row strip of a whole image, at a random offset
+within the head, with the whole image's mask and scale: the same per-row problem as the whole image
+(a column mask acts on each row alone) at R/(2 S) of the cost; ``whole=320 rows=128`` trains on
+inference's aliasing and pixel scale.  ``init=NAME|DIR``: start the student from that checkpoint
+(e.g. an earlier student) instead of the teacher.  A rerun resumes (the bank's finished
 chunks and the last checkpoint).
 """
 from __future__ import annotations
@@ -24,12 +28,13 @@ from . import Recipe
 from .distill import prepare
 
 _DEFAULTS = {"steps": 600, "batch_size": 8, "lr": 1e-4}
-_INT = {"teacher_steps": 50, "bank_items": 512, "bank_batch": 16, "val_items": 16, "whole": 0}
+_INT = {"teacher_steps": 50, "bank_items": 512, "bank_batch": 16, "val_items": 16, "whole": 0, "rows": 0}
 _DATA = ("volumes", "slices", "data_seed", "size", "scales", "threads")  # cli/recipes/mri.py's options
 
 
 def _options(args) -> tuple[dict, dict[str, str]]:
-    own = {**_INT, "eta": 0.85, "student_eta": None, "accelerations": (4, 8), "kinds": ("equispaced_fraction", "random")}
+    own = {**_INT, "eta": 0.85, "student_eta": None, "accelerations": (4, 8), "kinds": ("equispaced_fraction", "random"),
+           "init": None}
     data = {}
     for key, value in (args.recipe_options or {}).items():
         try:
@@ -41,6 +46,8 @@ def _options(args) -> tuple[dict, dict[str, str]]:
                 own[key] = tuple(int(v) for v in value.split(","))
             elif key == "kinds":
                 own[key] = tuple(v.strip() for v in value.split(","))
+            elif key == "init":
+                own[key] = value
             elif key in _DATA:
                 data[key] = value
             else:
@@ -50,10 +57,12 @@ def _options(args) -> tuple[dict, dict[str, str]]:
                              f"{'a number' if key in (*_INT, 'eta', 'student_eta') else 'a comma-separated list'}") from None
         except KeyError:
             raise ValueError(f"--recipe-option {key}: unknown for recipe 'distill-chain'; valid: "
-                             f"{sorted([*_INT, 'eta', 'student_eta', 'accelerations', 'kinds', *_DATA])}") from None
+                             f"{sorted([*_INT, 'eta', 'student_eta', 'accelerations', 'kinds', 'init', *_DATA])}") from None
     for key in ("eta", "student_eta"):
         if own[key] is not None and not 0 <= own[key] <= 1:
             raise ValueError(f"--recipe-option {key}={own[key]}: expected 0 <= {key} <= 1")
+    if own["rows"] and not own["whole"]:
+        raise ValueError(f"--recipe-option rows={own['rows']}: strips are cut from whole images; give whole=S too")
     return own, data
 
 
@@ -96,15 +105,19 @@ def _data(args, opts, whole: int):
 def _run(args) -> int:
     from medrecon.models.distill_chain_train import distill_chain
 
+    from .distill import _teacher
+
     own, opts, teacher, name = prepare(args, "distill-chain", ("preset", "objective", "init", "steps_per_round"),
                                        "--steps", _options, _DEFAULTS)
+    init, init_name = _teacher(own["init"], args.device, "--recipe-option init") if own["init"] else (None, "")
     result = distill_chain(
         teacher, _data(args, opts, own["whole"]), args.out, steps=args.target_steps, teacher_steps=own["teacher_steps"],
         eta=own["eta"], student_eta=own["student_eta"], bank_items=own["bank_items"], bank_batch=own["bank_batch"], val_items=own["val_items"],
         train_steps=args.steps, batch_size=args.batch_size, lr=args.lr, ema_decay=args.ema_decay or None,
         grad_clip=args.grad_clip or None, save_every=args.save_every or None, kinds=own["kinds"],
         accelerations=own["accelerations"], teacher_name=name, seed=args.seed, device=args.device,
-        resume=not args.no_resume, overwrite=args.overwrite, progress=not args.quiet)
+        resume=not args.no_resume, overwrite=args.overwrite, progress=not args.quiet, rows=own["rows"],
+        init=init, init_name=init_name)
     r = result.record
     print(f"DDNM-{r['teacher_steps']} -> DDNM-{r['steps']}: held-out MSE against the teacher "
           f"{r['heldout_mse_before']:.3g} -> {r['heldout_mse']:.3g}; PSNR {r['heldout_psnr_before']:.2f} -> "

@@ -70,3 +70,15 @@ def test_whole_images_of_one_scale(files, tmp_path):  # noqa: F811
     assert bank["x"].shape == (2, 32, 16) and bank["mask"].shape == (2, 1, 16)
     with pytest.raises(ValueError, match=r"whole=24: --data .* holds the scales \[16\]"):
         _train(*[a if a != "whole=16" else "whole=24" for a in argv])
+    # rows=R: R-row strips of the whole images; init=DIR: the student starts from that checkpoint
+    strips = [*argv, "--recipe-option", "rows=8", "--recipe-option", f"init={tmp_path / 'run' / 'student'}"]
+    strips[strips.index("--out") + 1] = str(tmp_path / "strips")
+    assert _train(*strips) == 0
+    bank = torch.load(tmp_path / "strips" / "bank" / "val.pt", weights_only=True)
+    assert bank["x"].shape == (2, 8, 16) and bank["mask"].shape == (2, 1, 16)
+    plan = json.loads((tmp_path / "strips" / "plan.json").read_text())
+    assert plan["rows"] == 8 and plan["init"] == str(tmp_path / "run" / "student")
+    with pytest.raises(ValueError, match="rows=8: strips are cut from whole images; give whole=S too"):
+        _train(*_argv(files, tmp_path / "bad", "--recipe-option", "rows=8"))
+    with pytest.raises(ValueError, match="--recipe-option init 'nowhere': neither a shipped prior"):
+        _train(*[a if a != "whole=16" else "init=nowhere" for a in argv])

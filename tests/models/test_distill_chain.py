@@ -45,6 +45,31 @@ def test_problems_are_fastmri_masks_at_the_methods_scale():
         chain_problem(x.abs(), torch.Generator())
 
 
+def test_strips_are_the_whole_images_rows():
+    """rows=R: an R-row strip of each whole image, with the whole image's mask and scale; a column mask's
+    projection on the strip equals the whole image's projection on those rows."""
+    from medrecon.physics.mri import SingleCoilMRI
+
+    x = torch.stack(_images(3)).repeat(1, 2, 1)                            # [3, 32, 16] "whole images"
+    p = chain_problem(x, torch.Generator().manual_seed(7), rows=8)
+    assert p.x.shape == p.y.shape == p.x_T.shape == (3, 8, 16) and p.mask.shape == (3, 1, 16)
+    whole = SingleCoilMRI(p.mask, (32, 16))
+    scale = whole.adjoint(whole.forward(x)).abs().flatten(1).amax(1)
+    z = torch.randn(3, 32, 16, dtype=torch.complex64, generator=torch.Generator().manual_seed(8))
+    proj = whole.adjoint(whole.forward(z))
+    for b in range(3):
+        offsets = [o for o in range(25) if torch.allclose(p.x[b] * scale[b], x[b, o:o + 8])]
+        assert len(offsets) >= 1                                           # the strip is rows of its image
+        o, A = offsets[0], SingleCoilMRI(p.mask[b:b + 1], (8, 16))
+        torch.testing.assert_close(A.forward(p.x[b:b + 1]), p.y[b:b + 1])  # y = M F x of the strip
+        torch.testing.assert_close(A.adjoint(A.forward(z[b:b + 1, o:o + 8]))[0], proj[b, o:o + 8])
+    assert p.operator().adjoint(p.y).abs().flatten(1).amax(1).max() <= 1 + 1e-5  # the whole image's scale
+    q = chain_problem(x, torch.Generator().manual_seed(7), rows=8)
+    assert torch.equal(p.x, q.x) and torch.equal(p.mask, q.mask)
+    with pytest.raises(ValueError, match="rows: expected 0"):
+        chain_problem(x, torch.Generator(), rows=40)
+
+
 def test_teacher_target_is_the_samplers_ddnm_and_data_consistent():
     teacher = _teacher().eval()
     p = chain_problem(torch.stack(_images(3)), torch.Generator().manual_seed(4))
@@ -108,6 +133,24 @@ def test_bad_settings_are_refused(tmp_path):
         distill_chain(_teacher(), _images(), tmp_path, **{**RUN, "steps": 6})
     with pytest.raises(ValueError, match="held-out"):
         distill_chain(_teacher(), _images(3), tmp_path, **RUN)
+    with pytest.raises(ValueError, match="rows: expected 0 .* multiple of the network's downsampling factor"):
+        distill_chain(_teacher(), _images(), tmp_path, **RUN, rows=3)
+    other = _teacher()
+    other.schedule = type(other.schedule)(other.schedule.betas * 0.5)
+    with pytest.raises(ValueError, match="init 'other': expected the teacher's network"):
+        distill_chain(_teacher(), _images(), tmp_path, **RUN, init=other, init_name="other")
+    assert not any(tmp_path.iterdir())  # refused before anything is written
+
+
+def test_init_starts_the_student_from_another_checkpoint(run, tmp_path):
+    """init=an earlier student: the held-out record's 'before' is that student's, and the plan names it."""
+    src, first = run
+    out = tmp_path / "again"
+    r = distill_chain(_teacher(), _images(), out, **{**RUN, "train_steps": 1, "save_every": None},
+                      init=first.student, init_name="first")
+    assert r.record["heldout_mse_before"] == pytest.approx(first.record["heldout_mse"], rel=1e-5)
+    assert json.loads((out / "plan.json").read_text())["init"] == "first"
+    assert load_checkpoint(out / "student").extra["distilled"]["init"] == "first"
 
 
 def test_samplers_run_the_student_on_its_grid_only(run):
