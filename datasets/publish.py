@@ -34,7 +34,7 @@ from typing import Iterable
 from .permissions import public_mode
 
 __all__ = ["OutputExistsError", "InputOverlapError", "TEMP_PREFIX", "temp_path", "publish",
-           "publish_pair", "write_temp", "write_published", "remove_stale_temps",
+           "publish_pair", "write_temp", "write_published", "publish_cache", "remove_stale_temps",
            "refuse_input_overlap", "probe_writable", "printable"]
 
 TEMP_PREFIX = ".medrecon-tmp-"
@@ -207,6 +207,16 @@ def write_published(dest, write, overwrite: bool = True) -> Path:
     """Call ``write(tmp)`` for a temp file next to ``dest``, then `publish` it as ``dest``
     (replacing an existing file unless ``overwrite=False``).  Returns ``dest`` as a Path."""
     return publish(write_temp(dest, write), dest, overwrite)
+
+
+def publish_cache(dest, write) -> Path:
+    """Publish a derived file that every writer makes the same (a prepared data cache): ``write(tmp)``
+    then no-clobber `publish`; if another process published ``dest`` first, its file is kept (same
+    content) and this one's temp removed.  Returns ``dest`` as a Path."""
+    try:
+        return publish(write_temp(dest, write), dest, overwrite=False)
+    except OutputExistsError:
+        return Path(dest)
 
 
 def _same_file(a, b) -> bool:

@@ -15,13 +15,13 @@ while no checkpoint is past the new length), ``out/student/`` (EMA weights, no o
 from __future__ import annotations
 
 import json
-import os
 import shutil
 from dataclasses import dataclass
 from pathlib import Path
 
 import torch
 
+from medrecon.datasets.publish import write_published
 from medrecon.posterior.ddim_dc import grid as dc_grid
 
 from .checkpoint import load_checkpoint, save_checkpoint
@@ -52,9 +52,8 @@ def _items(dataset, idx, device, in_channels) -> torch.Tensor:
 
 
 def _save_atomic(obj, path: Path) -> None:
-    tmp = path.with_name(f".{path.name}.tmp")
-    torch.save(obj, tmp)
-    os.replace(tmp, path)
+    """One bank chunk, atomically under a temp name of this process (`write_published`)."""
+    write_published(path, lambda tmp: torch.save(obj, tmp))
 
 
 def _problems(dataset, idx, g, device, in_channels, kinds, accelerations, rows=0) -> ChainProblem:
@@ -109,9 +108,8 @@ def _extend(out: Path, plan: dict, resume: bool) -> None:
     last = latest_checkpoint(out)
     done = int(last.name.split("-")[1]) if last is not None else 0
     if old.get("method") == "chain" and same and done <= plan["train_steps"] != old.get("train_steps"):
-        tmp = out / ".plan.json.tmp"
-        tmp.write_text(json.dumps({**old, "train_steps": plan["train_steps"]}, indent=1))
-        os.replace(tmp, file)
+        text = json.dumps({**old, "train_steps": plan["train_steps"]}, indent=1)
+        write_published(file, lambda tmp: Path(tmp).write_text(text))
 
 
 def distill_chain(teacher: DiffusionModel, dataset, out_dir, *, steps: int = 4, teacher_steps: int = 50,

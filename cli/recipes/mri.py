@@ -39,6 +39,8 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
+from medrecon.datasets.publish import publish_cache
+
 from . import Recipe
 from .mri_normalize import normalize_images
 
@@ -99,10 +101,7 @@ def prepare_images(data_dir: str | os.PathLike, volumes: int, slices: int, seed:
         maps = espirit(k, calib_width=cw, kernel_width=min(6, cw))
         images.append(sense_combine(ifft2c(k), maps))
     x = normalize_images(torch.stack(images), seed)
-    tmp = data_dir / ".images.pt.tmp"
-    torch.save(x, tmp)
-    os.replace(tmp, target)
-    return target
+    return publish_cache(target, lambda tmp: torch.save(x, tmp))
 
 
 class WindowDataset:

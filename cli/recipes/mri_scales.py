@@ -26,6 +26,8 @@ import os
 import time
 from pathlib import Path
 
+from medrecon.datasets.publish import publish_cache
+
 __all__ = ["SCALES", "SCALE_CYCLE", "STRIDE", "simulate_scale", "prepare_multiscale", "MultiScaleWindows"]
 
 SCALES = (128, 192, 256, 320, 384)
@@ -74,10 +76,7 @@ def prepare_multiscale(data_dir: str | os.PathLike, volumes: int, slices: int, s
         images[str(int(size))] = normalize_images(x, seed + i * volumes * slices)
         if progress:
             print(f"multiscale data: {size}x{size}, {len(x)} images, {time.monotonic() - t0:.0f} s", flush=True)
-    tmp = data_dir / f".{FILE}.tmp"
-    torch.save({"sizes": [int(s) for s in scales], "images": images}, tmp)
-    os.replace(tmp, target)
-    return target
+    return publish_cache(target, lambda tmp: torch.save({"sizes": [int(s) for s in scales], "images": images}, tmp))
 
 
 def load_multiscale(path: str | os.PathLike) -> dict[int, "torch.Tensor"]:  # noqa: F821

@@ -94,6 +94,15 @@ def test_publish_overwrite_and_refusals(tmp_path):
     assert not [n for n in os.listdir(tmp_path) if n.startswith(pub.TEMP_PREFIX)]
 
 
+def test_publish_cache_keeps_the_first_writers_file(tmp_path):
+    """A prepared cache (every writer makes the same file): the first publish wins, a later one keeps
+    it and leaves no temp; the temp names are per process, so concurrent writers never share one."""
+    dest = tmp_path / "images.pt"
+    assert pub.publish_cache(dest, lambda t: Path(t).write_text("first")) == dest
+    assert pub.publish_cache(dest, lambda t: Path(t).write_text("second")) == dest
+    assert dest.read_text() == "first" and os.listdir(tmp_path) == ["images.pt"]
+
+
 def test_pair_rollback_and_overwrite_restore(tmp_path):
     img, side = tmp_path / "a.nii", tmp_path / "a.json"
     _write(img, "foreign image")  # the image exists without a sidecar: the pair must not land
