@@ -76,10 +76,10 @@ PRIORS: dict[str, PriorInfo] = {
     "brain128-vp-distill4": PriorInfo(
         "distilled", "brain128-vp distilled into a 4-step DDNM chain (eta 0, data step between its steps) from the "
         "teacher's DDNM-50 reconstructions (recipe distill-chain)", _BRAIN_MS + "; problems: 512 windows, then 256 "
-        "strips of 128 rows of whole 640x320 images (64 simulated volumes at recon matrix 320, 3 slices each), "
-        "fastMRI equispaced_fraction / random column masks at 4x (centre 0.08) and 8x (0.04), targets brain128-vp's "
-        "DDNM-50 (eta 0.85)", 450, 4, "ddnm / dds at steps=4 only (its grid 750, 500, 250, 0; eta 0 by default); "
-        "ccdf with t0=1"),
+        "single-coil strips of 128 rows of whole 640x320 images (64 simulated volumes at recon matrix 320, 3 slices "
+        "each), then 128 such strips as 16-coil SENSE problems; fastMRI equispaced_fraction / random column masks at "
+        "4x (centre 0.08) and 8x (0.04), targets brain128-vp's DDNM-50 (eta 0.85)", 850, 4,
+        "ddnm / dds at steps=4 only (its grid 750, 500, 250, 0; eta 0 and cg_iters 25 by default); ccdf with t0=1"),
     "ct128-pixel-ddpm": PriorInfo(
         "ct-pixel-ddpm", "conditional pixel-space DDPM for low-dose CT, eps on 1000 linear betas, LDCT as a second "
         "input channel (recipe ct-pixel-ddpm)", _CT, 0, 5,
@@ -187,7 +187,8 @@ def _describe_latent(name: str, path: Path, info: PriorInfo) -> dict:
     }
 
 
-def export_prior(run_checkpoint, out_dir, weights: str = "ema-corrected", overwrite: bool = False) -> Path:
+def export_prior(run_checkpoint, out_dir, weights: str = "ema-corrected", overwrite: bool = False,
+                 cg_iters: int | None = None) -> Path:
     """Write a training checkpoint (``<run>/step-XXXXXXXX``) as a shippable prior: one set of
     weights as ``model.safetensors`` and ``config.json`` -- no optimizer state, no EMA copy.  The
     config keeps the run's extras (objective, HFS process, ...) and adds ``source_step`` and
@@ -200,6 +201,10 @@ def export_prior(run_checkpoint, out_dir, weights: str = "ema-corrected", overwr
     it is removed and the rest renormalised, (shadow - d^n theta_0) / (1 - d^n): an exponentially
     weighted average of the trained weights only (theta_0 rebuilt from the run's seed, as
     ``medrecon.models.train`` builds it).
+
+    ``cg_iters``: for a chain-distilled student, record the data step's CG iterations it runs with
+    by default (``extra.distilled.cg_iters``, `medrecon.methods.distilled.default_cg_iters`), chosen on
+    validation slices; refused for other checkpoints.
     """
     from medrecon.models.checkpoint import load_checkpoint, load_model, save_checkpoint
     from medrecon.models.networks import build_unet
@@ -207,6 +212,10 @@ def export_prior(run_checkpoint, out_dir, weights: str = "ema-corrected", overwr
     if weights not in ("ema", "raw", "ema-corrected"):
         raise ValueError(f"weights: expected 'ema', 'raw' or 'ema-corrected', got {weights!r}")
     ck = load_checkpoint(run_checkpoint)
+    distilled = ck.extra.get("distilled") if isinstance(ck.extra.get("distilled"), dict) else {}
+    if cg_iters is not None and (distilled.get("method") != "chain" or int(cg_iters) < 1):
+        raise ValueError(f"cg_iters={cg_iters}: expected >= 1 and a chain-distilled checkpoint "
+                         f"(extra.distilled.method 'chain'), got {run_checkpoint} ({distilled.get('method')!r})")
     model = load_model(run_checkpoint, use_ema=weights != "raw")
     if weights != "raw" and ck.ema is None:
         raise ValueError(f"weights={weights!r}: {run_checkpoint} has no EMA weights; use weights='raw'")
@@ -221,6 +230,8 @@ def export_prior(run_checkpoint, out_dir, weights: str = "ema-corrected", overwr
         model.net.load_state_dict(state)
     extra = {k: v for k, v in ck.extra.items() if k != "network"}
     extra.update(source_step=int(ck.step), weights=weights)
+    if cg_iters is not None:
+        extra["distilled"] = {**distilled, "cg_iters": int(cg_iters)}
     return save_checkpoint(out_dir, model, {"network": ck.network_config, **extra}, step=ck.step,
                            overwrite=overwrite)
 

@@ -34,20 +34,26 @@ held-out windows, before and after).
 
 Strips (``rows=R``, ``chain_problem``): the problems are R-row strips of whole fastMRI-size images,
 so that the student sees inference's aliasing geometry and pixel scale at a fraction of the cost.
+Coils (``coils=C``): multi-coil SENSE problems y = M F S x with simulated sensitivities; the data step
+is then DDNM's CG projection (``cg_iters`` 10), as in ``medrecon recon`` on multi-coil data.  Single-coil
+problems are a different posterior: on the same held-out strips the teacher's DDNM-50 is at 25.1 dB
+single-coil and 32.5 dB with 16 coils (docs/distill.md).
 """
 from __future__ import annotations
 
 from dataclasses import dataclass
 
+import numpy as np
 import torch
 
 from medrecon.physics.masks import KINDS_1D, sample_mask
-from medrecon.physics.mri import SingleCoilMRI
+from medrecon.datasets.simulate_mri import coil_maps
+from medrecon.physics.mri import MultiCoilMRI, SingleCoilMRI
 from medrecon.posterior.ddnm import ddnm
 from medrecon.solvers.base import noise_like
 
 __all__ = ["CENTER_FRACTIONS", "COLUMN_KINDS", "ChainProblem", "chain_problem", "teacher_targets", "student_chain", "chain_loss",
-           "psnr_db", "heldout"]
+           "blend_target", "psnr_db", "heldout"]
 
 CENTER_FRACTIONS = {4: 0.08, 8: 0.04}  # fastMRI's pairs (knee 4x/0.08, 8x/0.04)
 COLUMN_KINDS = KINDS_1D  # the column masks (fastMRI's kinds and gaussian1d)
@@ -55,25 +61,34 @@ COLUMN_KINDS = KINDS_1D  # the column masks (fastMRI's kinds and gaussian1d)
 
 @dataclass
 class ChainProblem:
-    """A batch of single-coil problems: scaled truth x, measurement y, column masks, start noise x_T."""
+    """A batch of problems: scaled truth x, measurement y, column masks, start noise x_T, and, for
+    multi-coil problems, the coil sensitivities (single-coil when ``smaps`` is None)."""
     x: torch.Tensor      # [B, H, W] complex, divided by the zero-filled maximum
-    y: torch.Tensor      # [B, H, W] k-space (zeros off the mask)
+    y: torch.Tensor      # [B, H, W] k-space ([B, C, H, W] with coils; zeros off the mask)
     mask: torch.Tensor   # [B, 1, W] bool
     x_T: torch.Tensor    # [B, H, W] complex start noise
+    smaps: torch.Tensor | None = None  # [B, C, H, W] complex, sum_c |S_c|^2 = 1
 
-    def operator(self) -> SingleCoilMRI:
+    def operator(self):
+        if self.smaps is not None:
+            return MultiCoilMRI(self.smaps, self.mask)
         return SingleCoilMRI(self.mask, tuple(self.x.shape[-2:]))
 
     def index(self, idx) -> "ChainProblem":
-        return ChainProblem(self.x[idx], self.y[idx], self.mask[idx], self.x_T[idx])
+        return ChainProblem(self.x[idx], self.y[idx], self.mask[idx], self.x_T[idx],
+                            None if self.smaps is None else self.smaps[idx])
 
     @staticmethod
     def cat(parts: list["ChainProblem"]) -> "ChainProblem":
-        return ChainProblem(*(torch.cat([getattr(p, k) for p in parts]) for k in ("x", "y", "mask", "x_T")))
+        coils = {p.smaps is None for p in parts}
+        if len(coils) > 1:
+            raise ValueError("ChainProblem.cat: expected all single-coil or all multi-coil problems")
+        keys = ("x", "y", "mask", "x_T") + (() if parts[0].smaps is None else ("smaps",))
+        return ChainProblem(*(torch.cat([getattr(p, k) for p in parts]) for k in keys))
 
 
 def chain_problem(x: torch.Tensor, g: torch.Generator, kinds=("equispaced_fraction", "random"),
-                  accelerations=(4, 8), rows: int = 0) -> ChainProblem:
+                  accelerations=(4, 8), rows: int = 0, coils: int = 0) -> ChainProblem:
     """The problems of clean windows ``x`` [B, H, W] (module docstring); all draws from ``g``.
 
     ``rows=R``: ``x`` holds whole images (the encoded field of view [2 s, s]) and each problem is a
@@ -82,7 +97,13 @@ def chain_problem(x: torch.Tensor, g: torch.Generator, kinds=("equispaced_fracti
     F^H M F = I_H (x) F_W^H M_W F_W acts on each row alone, so the strip's problem is the whole
     image's problem restricted to those rows: its aliasing is the whole image's (copies W/R apart)
     and its scale is the whole image's zero-filled maximum (as ``normalize=True`` at inference),
-    at R/H of the cost."""
+    at R/H of the cost.
+
+    ``coils=C``: multi-coil SENSE problems, y = M F S x, with C simulated sensitivities per item (the
+    simulator's ring of loops, `medrecon.datasets.simulate_mri.coil_maps`, random ring, scaled to the
+    object: the central half of the rows when ``rows``), and the scale max |A^H y| of SENSE
+    (``normalize=True``).  S is diagonal in the image, so the strip argument holds with the maps'
+    rows: a strip is the whole image's SENSE problem on those rows."""
     if not x.is_complex() or x.ndim != 3:
         raise ValueError(f"x: expected complex windows [B, H, W], got {tuple(x.shape)} {x.dtype}")
     bad = [a for a in accelerations if a not in CENTER_FRACTIONS] + [k for k in kinds if k not in COLUMN_KINDS]
@@ -90,9 +111,11 @@ def chain_problem(x: torch.Tensor, g: torch.Generator, kinds=("equispaced_fracti
         raise ValueError(f"accelerations, kinds: expected some of {sorted(CENTER_FRACTIONS)} and of {COLUMN_KINDS}, "
                          f"got {list(accelerations)}, {list(kinds)}")
     B, H, W = x.shape
+    if coils < 0:
+        raise ValueError(f"coils: expected 0 (single-coil) or the number of coils, got {coils}")
     if rows and not 0 < rows <= H:
         raise ValueError(f"rows: expected 0 (the whole window) or 1 <= rows <= {H} (the images' height), got {rows}")
-    masks, offsets = [], []
+    masks, offsets, maps = [], [], []
     for _ in range(B):
         kind = kinds[int(torch.randint(len(kinds), (1,), generator=g))]
         acc = accelerations[int(torch.randint(len(accelerations), (1,), generator=g))]
@@ -101,14 +124,22 @@ def chain_problem(x: torch.Tensor, g: torch.Generator, kinds=("equispaced_fracti
         if rows:
             lo, hi = (min(max(v, 0), H - rows) for v in (H // 4 - 32, H - H // 4 + 32 - rows))
             offsets.append(lo + int(torch.randint(max(hi - lo, 0) + 1, (1,), generator=g)))
+        if coils:
+            rng = np.random.default_rng(int(torch.randint(2 ** 62, (1,), generator=g)))
+            maps.append(torch.from_numpy(coil_maps(coils, (H, W), (H // 2, W) if rows else (H, W), rng)))
     mask = torch.stack(masks).to(x.device)                                   # [B, 1, W]
-    A = SingleCoilMRI(mask, (H, W))
+    smaps = torch.stack(maps).to(x.device) if coils else None                # [B, C, H, W]
+    A = MultiCoilMRI(smaps, mask) if coils else SingleCoilMRI(mask, (H, W))
     y = A.forward(x)
     scale = A.adjoint(y).abs().flatten(1).amax(1).clamp(min=1e-12)[:, None, None]
     if rows:
         x = torch.stack([xi[o:o + rows] for xi, o in zip(x, offsets)])
-        y = SingleCoilMRI(mask, (rows, W)).forward(x)
-    return ChainProblem(x / scale, y / scale, mask, noise_like(x, g))
+        if coils:
+            smaps = torch.stack([si[:, o:o + rows] for si, o in zip(smaps, offsets)])
+        A = MultiCoilMRI(smaps, mask) if coils else SingleCoilMRI(mask, (rows, W))
+        y = A.forward(x)
+    scale_y = scale[:, None] if coils else scale
+    return ChainProblem(x / scale, y / scale_y, mask, noise_like(x, g), smaps)
 
 
 def _run(eps_fn, p: ChainProblem, betas, steps: int, eta: float, g: torch.Generator) -> torch.Tensor:
@@ -132,6 +163,16 @@ def chain_loss(eps_fn, p: ChainProblem, target: torch.Tensor, betas, steps: int,
     """mean |student chain - target|^2 (real and imaginary parts)."""
     d = student_chain(eps_fn, p, betas, steps, eta, g) - target
     return torch.view_as_real(d).square().mean()
+
+
+def blend_target(teacher: torch.Tensor, truth: torch.Tensor, truth_weight: float) -> torch.Tensor:
+    """(1 - w) teacher + w truth: the minimiser of (1 - w)|s - teacher|^2 + w|s - truth|^2, which equals
+    |s - blend|^2 + w (1 - w)|teacher - truth|^2 (a constant), so training on the blend is training on the
+    weighted sum.  w = 0 is distillation; w > 0 anchors the student to the truth, a supervised term the
+    reference (Luhman & Luhman, Eq. 11) does not have (departure, measured in docs/distill.md)."""
+    if truth_weight == 0:
+        return teacher
+    return torch.lerp(teacher, truth.to(teacher.dtype), float(truth_weight))
 
 
 def psnr_db(x: torch.Tensor, ref: torch.Tensor) -> torch.Tensor:

@@ -26,7 +26,8 @@ from medrecon.posterior.ddim_dc import grid as dc_grid
 
 from .checkpoint import load_checkpoint, save_checkpoint
 from .distill import STUDENT, _frozen, _plan, optimizer_step, restore, save_pruned
-from .distill_chain import CENTER_FRACTIONS, COLUMN_KINDS, ChainProblem, chain_loss, chain_problem, heldout, teacher_targets
+from .distill_chain import (CENTER_FRACTIONS, COLUMN_KINDS, ChainProblem, blend_target, chain_loss, chain_problem, heldout,
+                            teacher_targets)
 from .train_common import CHECKPOINT_NAME, EMA, latest_checkpoint, step_generator, to_model_input
 from .wrapper import DiffusionModel
 
@@ -56,12 +57,12 @@ def _save_atomic(obj, path: Path) -> None:
     write_published(path, lambda tmp: torch.save(obj, tmp))
 
 
-def _problems(dataset, idx, g, device, in_channels, kinds, accelerations, rows=0) -> ChainProblem:
-    return chain_problem(_items(dataset, idx, device, in_channels), g, kinds, accelerations, rows)
+def _problems(dataset, idx, g, device, in_channels, kinds, accelerations, rows=0, coils=0) -> ChainProblem:
+    return chain_problem(_items(dataset, idx, device, in_channels), g, kinds, accelerations, rows, coils)
 
 
 def _bank(teacher, dataset, out: Path, *, n_train, bank_items, bank_batch, val_items, teacher_steps, eta, seed,
-          device, kinds, accelerations, progress, rows=0) -> tuple[ChainProblem, torch.Tensor, ChainProblem, torch.Tensor]:
+          device, kinds, accelerations, progress, rows=0, coils=0) -> tuple[ChainProblem, torch.Tensor, ChainProblem, torch.Tensor]:
     """(training problems, their targets, held-out problems, their targets), computing missing chunks."""
     bank = out / "bank"
     bank.mkdir(parents=True, exist_ok=True)
@@ -78,11 +79,12 @@ def _bank(teacher, dataset, out: Path, *, n_train, bank_items, bank_batch, val_i
         for i in r:  # one generator per problem: chunking does not change the bank
             g = step_generator(seed, 1, i if name != "val" else 0x7FFF_0000 + i, device)
             j = i if name == "val" else int(torch.randint(n_train, (1,), generator=g, device=device))
-            parts.append(_problems(dataset, [j], g, device, teacher.in_channels, kinds, accelerations, rows))
+            parts.append(_problems(dataset, [j], g, device, teacher.in_channels, kinds, accelerations, rows, coils))
         p = ChainProblem.cat(parts)
         g = step_generator(seed, 3, r.start, device)
         target = teacher_targets(eps, p, betas, teacher_steps, eta, g)
-        _save_atomic({"x": p.x, "y": p.y, "mask": p.mask, "x_T": p.x_T, "target": target}, bank / f"{name}.pt")
+        maps = {} if p.smaps is None else {"smaps": p.smaps}
+        _save_atomic({"x": p.x, "y": p.y, "mask": p.mask, "x_T": p.x_T, "target": target, **maps}, bank / f"{name}.pt")
         if pbar is not None:
             pbar.update(len(r))
     if pbar is not None:
@@ -90,7 +92,7 @@ def _bank(teacher, dataset, out: Path, *, n_train, bank_items, bank_batch, val_i
 
     def load(name):
         d = torch.load(bank / f"{name}.pt", map_location=device, weights_only=True)
-        return ChainProblem(d["x"], d["y"], d["mask"], d["x_T"]), d["target"]
+        return ChainProblem(d["x"], d["y"], d["mask"], d["x_T"], d.get("smaps")), d["target"]
     train = [load(name) for name, _ in jobs[1:]]
     val_p, val_t = load("val")
     return ChainProblem.cat([p for p, _ in train]), torch.cat([t for _, t in train]), val_p, val_t
@@ -120,13 +122,17 @@ def distill_chain(teacher: DiffusionModel, dataset, out_dir, *, steps: int = 4, 
                   kinds=("equispaced_fraction", "random"), accelerations=(4, 8), teacher_name: str = "",
                   seed: int = 0, device=None, resume: bool = True, overwrite: bool = False,
                   progress: bool = True, rows: int = 0, init: DiffusionModel | None = None,
-                  init_name: str = "") -> ChainResult:
+                  init_name: str = "", truth_weight: float = 0.0, coils: int = 0) -> ChainResult:
     """Distil ``teacher``'s ``teacher_steps``-step DDNM into a ``steps``-step DDNM student (module docstrings).
 
     ``rows=R``: the items are whole images and the problems R-row strips of them
     (``distill_chain.chain_problem``).  ``init``: the student's starting weights (default: the
     teacher's), e.g. an earlier student to train further on other problems; it must have the
-    teacher's network and parametrisation."""
+    teacher's network and parametrisation.  ``truth_weight=w`` (0 <= w <= 1): the loss is
+    (1 - w) |chain - teacher|^2 + w |chain - truth|^2, i.e. |chain - ((1 - w) teacher + w truth)|^2 up to a
+    constant (`distill_chain.blend_target`); 0 is pure distillation, anything else adds the bank's
+    supervised truth (docs/distill.md).  ``coils=C``: multi-coil SENSE problems with C simulated coil
+    sensitivities (`distill_chain.chain_problem`), the geometry ``medrecon recon`` solves."""
     betas = getattr(teacher.schedule, "betas", None)
     if betas is None or teacher.prediction_type == "score" or teacher.network_config is None:
         raise ValueError(f"teacher: expected a VP eps / x0 / v model with a network_config, got a "
@@ -140,6 +146,8 @@ def distill_chain(teacher: DiffusionModel, dataset, out_dir, *, steps: int = 4, 
     if bad or not accelerations or not kinds:
         raise ValueError(f"accelerations, kinds: expected some of {sorted(CENTER_FRACTIONS)} and of {COLUMN_KINDS}, "
                          f"got {list(accelerations)}, {list(kinds)}")
+    if coils < 0:
+        raise ValueError(f"coils: expected 0 (single-coil problems) or the number of coils, got {coils}")
     if rows < 0 or rows % teacher.network_config.downsample_factor:
         raise ValueError(f"rows: expected 0 (whole items) or a positive multiple of the network's downsampling "
                          f"factor {teacher.network_config.downsample_factor}, got {rows}")
@@ -148,6 +156,9 @@ def distill_chain(teacher: DiffusionModel, dataset, out_dir, *, steps: int = 4, 
         raise ValueError(f"init {init_name!r}: expected the teacher's network, schedule and {teacher.prediction_type!r} "
                          f"parametrisation")
     student_eta = eta if student_eta is None else float(student_eta)
+    truth_weight = float(truth_weight)
+    if not 0 <= truth_weight <= 1:
+        raise ValueError(f"truth_weight: expected 0 (pure distillation) <= truth_weight <= 1 (truth only), got {truth_weight}")
     if not (0 <= eta <= 1 and 0 <= student_eta <= 1):
         raise ValueError(f"eta, student_eta: expected values in [0, 1], got {eta}, {student_eta}")
     device = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
@@ -158,7 +169,8 @@ def distill_chain(teacher: DiffusionModel, dataset, out_dir, *, steps: int = 4, 
     plan = {"method": "chain", "teacher": teacher_name, "steps": steps, "teacher_steps": teacher_steps, "eta": eta,
             "student_eta": student_eta, "bank_items": bank_items, "val_items": val_items, "kinds": list(kinds),
             "accelerations": list(accelerations), **cfg,
-            **({"rows": rows} if rows else {}), **({"init": init_name or "given"} if init is not None else {})}
+            **({"rows": rows} if rows else {}), **({"init": init_name or "given"} if init is not None else {}),
+            **({"truth_weight": truth_weight} if truth_weight else {}), **({"coils": coils} if coils else {})}
     if overwrite and not resume and (out / "plan.json").is_file():
         for q in out.iterdir():  # everything a chain run writes (the bank depends on the plan too)
             if q.name in ("bank", STUDENT, "plan.json", "log.jsonl") or CHECKPOINT_NAME.match(q.name):
@@ -170,11 +182,13 @@ def distill_chain(teacher: DiffusionModel, dataset, out_dir, *, steps: int = 4, 
     train_p, train_t, val_p, val_t = _bank(
         teacher, dataset, out, n_train=n_train, bank_items=bank_items, bank_batch=bank_batch, val_items=val_items,
         teacher_steps=teacher_steps, eta=eta, seed=seed, device=device, kinds=tuple(kinds),
-        accelerations=tuple(accelerations), progress=progress, rows=rows)
+        accelerations=tuple(accelerations), progress=progress, rows=rows, coils=coils)
     info = {"steps": steps, "grid": g_student, "teacher": teacher_name,
             "teacher_grid": [int(t) for t in dc_grid(teacher_steps, len(betas))], "method": "chain",
             "data_step": "ddnm", "eta": student_eta, "teacher_eta": eta,
-            **({"rows": rows} if rows else {}), **({"init": init_name or "given"} if init is not None else {})}
+            **({"rows": rows} if rows else {}), **({"init": init_name or "given"} if init is not None else {}),
+            **({"truth_weight": truth_weight} if truth_weight else {}), **({"coils": coils} if coils else {})}
+    train_goal = blend_target(train_t, train_p.x, truth_weight)
 
     student = _frozen(teacher if init is None else init).requires_grad_(True).train()
     student.net.to(device)
@@ -203,7 +217,7 @@ def distill_chain(teacher: DiffusionModel, dataset, out_dir, *, steps: int = 4, 
         for step in range(start, train_steps):
             g = step_generator(seed, 2, step, device)
             idx = torch.randint(len(train_t), (batch_size,), generator=g, device=device)
-            loss = chain_loss(eps, train_p.index(idx), train_t[idx], betas, steps, student_eta, g)
+            loss = chain_loss(eps, train_p.index(idx), train_goal[idx], betas, steps, student_eta, g)
             optimizer_step(student, opt, ema, loss, grad_clip)
             log.write(json.dumps({"step": step + 1, "loss": float(loss.detach())}) + "\n")
             if pbar is not None:

@@ -16,11 +16,13 @@ from medrecon.posterior.ddim_dc import grid
 
 from .priors import VP_PRIOR, checkpoint_dir
 
-__all__ = ["GRID_METHODS", "GRID_SOLVERS", "ETA", "distilled_info", "check_distilled", "default_eta"]
+__all__ = ["GRID_METHODS", "GRID_SOLVERS", "ETA", "CG_ITERS", "distilled_info", "check_distilled", "default_eta",
+           "default_cg_iters"]
 
 GRID_METHODS = ("dds", "ddnm", "diffpir", "ccdf")  # the DDIM-with-DC update on ddim_dc.grid(steps, T)
 GRID_SOLVERS = ("ddim", "paradigms")
 ETA = 0.85  # DDNM's and DDS's eta (wyhuai/DDNM main.py --eta, HJ-harry/DDS): the methods' default
+CG_ITERS = 10  # the data step's CG iterations (DDS repo --CG_iter 5; 10 measured better, posterior/dds.py)
 
 
 def distilled_info(checkpoint: str, method: str, default: str | None = VP_PRIOR) -> dict | None:
@@ -62,3 +64,17 @@ def default_eta(opts, method: str, default: str | None = VP_PRIOR) -> float:
     info = distilled_info(opts.checkpoint, method, default)
     eta = info.get("eta") if info is not None and info.get("method") == "chain" else None
     return float(eta) if isinstance(eta, (int, float)) else ETA
+
+
+def default_cg_iters(opts, method: str, default: str | None = VP_PRIOR) -> int:
+    """``opts.cg_iters`` when given; else the data step's CG iterations a distilled chain checkpoint was
+    tuned for (``extra.distilled.cg_iters``), else ``CG_ITERS``.  With noisy k-space the CG data step
+    is early-stopped least squares: its iteration count trades aliasing left in against noise
+    amplified, and a 4-step chain (4 data steps, not 50) has its own best count (docs/distill.md)."""
+    if opts.cg_iters is not None:
+        if int(opts.cg_iters) < 1:
+            raise ValueError(f"{method} option cg_iters: expected >= 1, got {opts.cg_iters}")
+        return int(opts.cg_iters)
+    info = distilled_info(opts.checkpoint, method, default)
+    it = info.get("cg_iters") if info is not None and info.get("method") == "chain" else None
+    return int(it) if isinstance(it, int) and it >= 1 else CG_ITERS

@@ -39,7 +39,7 @@ from medrecon.posterior.dps import dps
 from medrecon.posterior.score_mri import score_mri, score_mri_hybrid, score_mri_ssos
 from medrecon.registry import register_method, seeded_generator
 
-from .distilled import check_distilled, default_eta
+from .distilled import check_distilled, default_cg_iters, default_eta
 from .priors import (VP_PRIOR, accelerated, load_prior, load_timestep_shifts, network_eps, support_mask,
                      zero_filled_scale)
 
@@ -96,7 +96,7 @@ class DDSOptions:
     checkpoint: str = VP_PRIOR
     steps: int = 50
     gamma: float | None = None  # None: hard data step (DDS noiseless branch); > 0: (I + gamma A^H A) x = ...
-    cg_iters: int = 10  # the repo's --CG_iter 5; 10 measured better at fastMRI size (posterior/dds.py)
+    cg_iters: int | None = None  # None: 10 (repo --CG_iter 5; 10 better, posterior/dds.py) or a distilled chain's
     eta: float | None = None  # None: 0.85 (the repos'), or the eta a distilled checkpoint was trained with
     solver: str = "ddim"  # "ddim": the DDS/DDNM reference update (posterior/ddim_dc.py); else a generic solver
     normalize: bool = True
@@ -112,7 +112,7 @@ class DDSOptions:
 def _dds(kspace, mask, smaps, opts, generator, callback=None, priors=None):
     model, betas, A, y, s, g = _setup(kspace, mask, smaps, opts, generator, "dds", priors)
     eps = _grid_eps(model, betas, smaps, opts, "dds", opts.solver == "ddim")
-    x, nfe = dds(eps, A, y, betas, opts.steps, g, gamma=opts.gamma, cg_iters=opts.cg_iters,
+    x, nfe = dds(eps, A, y, betas, opts.steps, g, gamma=opts.gamma, cg_iters=default_cg_iters(opts, "dds"),
                  eta=default_eta(opts, "dds"), solver=opts.solver, callback=callback)
     return x * s, nfe
 
@@ -122,7 +122,7 @@ class DDNMOptions:
     checkpoint: str = VP_PRIOR
     steps: int = 100
     eta: float | None = None  # None: 0.85 (the repo's), or the eta a distilled checkpoint was trained with
-    cg_iters: int = 10
+    cg_iters: int | None = None  # None: 10, or the count a distilled chain checkpoint was tuned for
     solver: str = "ddim"  # "ddim": the DDNM reference update (posterior/ddim_dc.py); else a generic solver
     normalize: bool = True
     support: bool = True  # x0 = 0 where the coil maps are 0 (priors.support_mask)
@@ -137,7 +137,7 @@ class DDNMOptions:
 def _ddnm(kspace, mask, smaps, opts, generator, callback=None, priors=None):
     model, betas, A, y, s, g = _setup(kspace, mask, smaps, opts, generator, "ddnm", priors)
     eps = _grid_eps(model, betas, smaps, opts, "ddnm", opts.solver == "ddim")
-    x, nfe = ddnm(eps, A, y, betas, opts.steps, g, eta=default_eta(opts, "ddnm"), cg_iters=opts.cg_iters,
+    x, nfe = ddnm(eps, A, y, betas, opts.steps, g, eta=default_eta(opts, "ddnm"), cg_iters=default_cg_iters(opts, "ddnm"),
                   solver=opts.solver, callback=callback)
     return x * s, nfe
 
@@ -201,7 +201,7 @@ class CCDFOptions:
     #                          ccdf.py), or the eta a distilled checkpoint was trained with
     dc: str = "project"
     gamma: float | None = None  # dc="dds": None = hard CG data step, > 0 = soft
-    cg_iters: int = 10
+    cg_iters: int | None = None  # None: 10, or the count a distilled chain checkpoint was tuned for
     normalize: bool = True
     support: bool = True  # x0 = 0 where the coil maps are 0 (priors.support_mask)
     quantize: str = "off"  # "int8": the U-Net's convs/linears int8, calibrated per timestep range (accel/quantize.py)
@@ -217,7 +217,7 @@ def _ccdf(kspace, mask, smaps, opts, generator, callback=None, priors=None):
     eps = _grid_eps(model, betas, smaps, opts, "ccdf", opts.solver == "ddim")
     x_init = _ccdf_init(y, mask, smaps, opts)
     x, nfe = ccdf(eps, A, y, betas, opts.steps, g, t0=opts.t0, x_init=x_init, init_cg_iters=opts.init_cg_iters,
-                  solver=opts.solver, eta=default_eta(opts, "ccdf"), dc=opts.dc, gamma=opts.gamma, cg_iters=opts.cg_iters,
+                  solver=opts.solver, eta=default_eta(opts, "ccdf"), dc=opts.dc, gamma=opts.gamma, cg_iters=default_cg_iters(opts, "ccdf"),
                   callback=callback)
     return x * s, nfe
 

@@ -9,7 +9,8 @@ import pytest
 import torch
 
 from medrecon.models.checkpoint import load_checkpoint
-from medrecon.models.distill_chain import CENTER_FRACTIONS, chain_problem, heldout, psnr_db, teacher_targets
+from medrecon.models.distill_chain import (CENTER_FRACTIONS, blend_target, chain_problem, heldout, psnr_db,
+                                          teacher_targets)
 from medrecon.models.distill_chain_train import distill_chain
 from medrecon.physics.mri import MultiCoilMRI
 from medrecon.posterior.ddim_dc import grid
@@ -70,6 +71,33 @@ def test_strips_are_the_whole_images_rows():
         chain_problem(x, torch.Generator(), rows=40)
 
 
+def test_multicoil_strips_are_the_whole_images_sense_rows():
+    """coils=C: SENSE problems with simulated maps (sum_c |S_c|^2 = 1); under a column mask the SENSE
+    normal operator of a strip with the maps' rows is the whole image's on those rows (S is diagonal,
+    the mask acts per row), so a strip is the whole image's problem; the scale is the whole image's."""
+    import numpy as np
+
+    from medrecon.datasets.simulate_mri import coil_maps
+
+    x = torch.stack(_images(3)).repeat(1, 2, 1)                            # [3, 32, 16] "whole images"
+    p = chain_problem(x, torch.Generator().manual_seed(7), rows=8, coils=4)
+    assert p.y.shape == p.smaps.shape == (3, 4, 8, 16) and p.x.shape == (3, 8, 16)
+    torch.testing.assert_close(p.smaps.abs().square().sum(1), torch.ones(3, 8, 16))
+    A = p.operator()
+    assert isinstance(A, MultiCoilMRI)
+    torch.testing.assert_close(A.forward(p.x), p.y)                       # y = M F S x of the strip
+    assert A.adjoint(p.y).abs().flatten(1).amax(1).max() <= 1 + 1e-5      # at most the whole image's max
+    S = torch.from_numpy(coil_maps(4, (32, 16), (16, 16), np.random.default_rng(0)))
+    whole = MultiCoilMRI(S, p.mask[0])
+    z = torch.randn(32, 16, dtype=torch.complex64, generator=torch.Generator().manual_seed(8))
+    strip = MultiCoilMRI(S[:, 5:13], p.mask[0])
+    torch.testing.assert_close(strip.normal(z[5:13]), whole.normal(z)[5:13])
+    q = chain_problem(x, torch.Generator().manual_seed(7), rows=8, coils=4)
+    assert torch.equal(p.smaps, q.smaps) and torch.equal(p.y, q.y)        # all draws from the generator
+    with pytest.raises(ValueError, match="coils: expected 0"):
+        chain_problem(x, torch.Generator(), coils=-1)
+
+
 def test_teacher_target_is_the_samplers_ddnm_and_data_consistent():
     teacher = _teacher().eval()
     p = chain_problem(torch.stack(_images(3)), torch.Generator().manual_seed(4))
@@ -88,6 +116,36 @@ def test_training_moves_the_chain_towards_the_teacher(tmp_path):
     # measured: held-out MSE against the (random, tiny) teacher's DDNM-6 477.5 -> 354.2
     assert rec["heldout_mse"] < 0.85 * rec["heldout_mse_before"]
     assert math.isfinite(rec["heldout_psnr"]) and rec["teacher_psnr"] == rec["teacher_psnr_before"]
+
+
+def test_truth_weight_and_coils_are_recorded(tmp_path):
+    """truth_weight=w: training on (1 - w) teacher + w truth has the gradient of (1 - w)|s - teacher|^2 +
+    w|s - truth|^2; w = 1 moves the chain towards the truth; coils=C banks SENSE problems with their maps;
+    the plan and checkpoint record both."""
+    g = torch.Generator().manual_seed(5)
+    t, x = (torch.randn(4, 8, 8, dtype=torch.complex64, generator=g) for _ in range(2))
+    s = torch.randn(4, 8, 8, dtype=torch.complex64, generator=g, requires_grad=True)
+    sq = lambda d: torch.view_as_real(d).square().sum()  # noqa: E731
+    for w in (0.0, 0.3, 1.0):
+        (a,) = torch.autograd.grad(sq(s - blend_target(t, x, w)), s)
+        (b,) = torch.autograd.grad((1 - w) * sq(s - t) + w * sq(s - x), s)
+        torch.testing.assert_close(a, b)
+    assert blend_target(t, x, 0.0) is t
+    settings = {**RUN, "train_steps": 30, "lr": 3e-3, "ema_decay": None, "save_every": None, "bank_items": 12}
+    r = distill_chain(_teacher(), _images(), tmp_path / "w1", **settings, truth_weight=1.0)
+    # measured: held-out PSNR against the truth -2.8 -> 6.9 dB (pure distillation of this tiny random
+    # teacher, whose DDNM-6 is at -24.1 dB: -2.8 -> -12.3)
+    assert r.record["heldout_psnr"] > r.record["heldout_psnr_before"] + 3
+    assert json.loads((tmp_path / "w1" / "plan.json").read_text())["truth_weight"] == 1.0
+    assert load_checkpoint(tmp_path / "w1" / "student").extra["distilled"]["truth_weight"] == 1.0
+    mc = distill_chain(_teacher(), _images(), tmp_path / "mc", **{**RUN, "train_steps": 2, "save_every": None},
+                       coils=2)
+    assert torch.load(tmp_path / "mc" / "bank" / "val.pt", weights_only=True)["smaps"].shape == (3, 2, 16, 16)
+    assert load_checkpoint(tmp_path / "mc" / "student").extra["distilled"]["coils"] == 2
+    assert math.isfinite(mc.record["heldout_psnr"]) and math.isfinite(mc.record["teacher_psnr"])
+    with pytest.raises(ValueError, match=r"truth_weight: expected 0 .* got 1.5"):
+        distill_chain(_teacher(), _images(), tmp_path / "bad", **RUN, truth_weight=1.5)
+    assert not (tmp_path / "bad").exists()
 
 
 def test_checkpoint_records_the_chain(run):
@@ -183,3 +241,35 @@ def test_the_students_eta_is_the_methods_default(tmp_path):
     assert default_eta(DDNMOptions(), "ddnm") == ETA == 0.85
     with pytest.raises(ValueError, match="ddnm option eta: expected 0 <= eta <= 1, got 1.5"):
         default_eta(DDNMOptions(eta=1.5), "ddnm")
+
+
+def test_the_exported_students_cg_iters_is_the_methods_default(run, tmp_path):
+    """export_prior(..., cg_iters=N) records the data step's CG count a chain student was tuned for;
+    ddnm / dds / ccdf use it unless cg_iters is given; other checkpoints keep 10; bad values are named."""
+    from medrecon.builtin_priors import export_prior
+    from medrecon.methods.distilled import CG_ITERS, default_cg_iters
+    from medrecon.methods.vp import CCDFOptions, DDNMOptions, DDSOptions
+
+    src, _ = run
+    ck = export_prior(src / "step-00000004", tmp_path / "tuned", weights="ema", cg_iters=7)
+    d = load_checkpoint(ck).extra["distilled"]
+    assert d["cg_iters"] == 7 and d["method"] == "chain" and d["grid"] == grid(2, 1000).tolist()
+    assert default_cg_iters(DDNMOptions(checkpoint=str(ck), steps=2), "ddnm") == 7
+    assert default_cg_iters(CCDFOptions(checkpoint=str(ck), steps=2), "ccdf") == 7
+    assert default_cg_iters(DDSOptions(checkpoint=str(ck), steps=2, cg_iters=3), "dds") == 3
+    assert default_cg_iters(DDNMOptions(checkpoint=str(src / "student"), steps=2), "ddnm") == CG_ITERS == 10
+    assert default_cg_iters(DDNMOptions(), "ddnm") == 10
+    smaps = torch.ones(2, 16, 16, dtype=torch.complex64) / math.sqrt(2)
+    smaps[1] *= torch.exp(1j * torch.linspace(0, 3, 16))[None]
+    mask = torch.zeros(1, 16, dtype=torch.bool)
+    mask[:, ::3] = True
+    k = MultiCoilMRI(smaps, mask).forward(torch.stack(_images(1)))
+    one = export_prior(src / "step-00000004", tmp_path / "one", weights="ema", cg_iters=1)
+    run_ = lambda c, **o: reconstruct(k, mask, "ddnm", smaps=smaps, checkpoint=str(c), steps=2, seed=1, **o).image  # noqa: E731
+    assert torch.equal(run_(one), run_(one, cg_iters=1))              # the recorded count is what runs
+    assert not torch.equal(run_(one), run_(one, cg_iters=10))
+    with pytest.raises(ValueError, match="ddnm option cg_iters: expected >= 1, got 0"):
+        default_cg_iters(DDNMOptions(cg_iters=0), "ddnm")
+    with pytest.raises(ValueError, match="cg_iters=0: expected >= 1 and a chain-distilled checkpoint"):
+        export_prior(src / "step-00000004", tmp_path / "bad", weights="ema", cg_iters=0)
+    assert not (tmp_path / "bad").exists()
