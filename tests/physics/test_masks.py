@@ -29,6 +29,20 @@ def test_seed_none_is_nondeterministic_but_valid():
         assert bool((m.mask | ~m.acs).all())
 
 
+def test_poisson_bisection_ends_where_sigpys_loops():
+    """sigpy.mri.poisson's slope bisection never ends once its midpoint rounds to an end of the bracket
+    (seed 334, 32x32, 4x, calib 3x3): ours stops there with sigpy's error, and equals sigpy elsewhere."""
+    import sigpy.mri
+
+    from medrecon.physics.masks import _sigpy_poisson
+
+    with pytest.raises(ValueError, match="kind='poisson': sigpy cannot reach acceleration=4"):
+        sample_mask("poisson", (32, 32), 4, 0.1, seed=334)
+    for seed in (0, 1, 7):
+        ref = sigpy.mri.poisson((32, 32), 4, calib=(3, 3), dtype=np.float32, seed=seed)
+        assert np.array_equal(_sigpy_poisson((32, 32), 4, (3, 3), seed), ref)
+
+
 def test_global_rng_state_untouched():
     np_state, torch_state = np.random.get_state(), torch.get_rng_state()
     for kind in KINDS:
