@@ -166,11 +166,13 @@ def distill_chain(teacher: DiffusionModel, dataset, out_dir, *, steps: int = 4, 
     g_student = [int(t) for t in dc_grid(steps, len(betas))]
     cfg = {"train_steps": train_steps, "batch_size": batch_size, "lr": lr, "ema_decay": ema_decay,
            "grad_clip": grad_clip, "seed": seed}
+    # the settings recorded only when used (older plans and checkpoints stay as they were)
+    options = {k: v for k, v in (("rows", rows), ("init", init_name or "given" if init is not None else None),
+                                 ("truth_weight", truth_weight), ("coils", coils)) if v}
     plan = {"method": "chain", "teacher": teacher_name, "steps": steps, "teacher_steps": teacher_steps, "eta": eta,
             "student_eta": student_eta, "bank_items": bank_items, "val_items": val_items, "kinds": list(kinds),
             "accelerations": list(accelerations), **cfg,
-            **({"rows": rows} if rows else {}), **({"init": init_name or "given"} if init is not None else {}),
-            **({"truth_weight": truth_weight} if truth_weight else {}), **({"coils": coils} if coils else {})}
+            **options}
     if overwrite and not resume and (out / "plan.json").is_file():
         for q in out.iterdir():  # everything a chain run writes (the bank depends on the plan too)
             if q.name in ("bank", STUDENT, "plan.json", "log.jsonl") or CHECKPOINT_NAME.match(q.name):
@@ -186,8 +188,7 @@ def distill_chain(teacher: DiffusionModel, dataset, out_dir, *, steps: int = 4, 
     info = {"steps": steps, "grid": g_student, "teacher": teacher_name,
             "teacher_grid": [int(t) for t in dc_grid(teacher_steps, len(betas))], "method": "chain",
             "data_step": "ddnm", "eta": student_eta, "teacher_eta": eta,
-            **({"rows": rows} if rows else {}), **({"init": init_name or "given"} if init is not None else {}),
-            **({"truth_weight": truth_weight} if truth_weight else {}), **({"coils": coils} if coils else {})}
+            **options}
     train_goal = blend_target(train_t, train_p.x, truth_weight)
 
     student = _frozen(teacher if init is None else init).requires_grad_(True).train()
