@@ -204,7 +204,9 @@ def export_prior(run_checkpoint, out_dir, weights: str = "ema-corrected", overwr
 
     ``cg_iters``: for a chain-distilled student, record the data step's CG iterations it runs with
     by default (``extra.distilled.cg_iters``, `medrecon.methods.distilled.default_cg_iters`), chosen on
-    validation slices; refused for other checkpoints.
+    validation slices; refused for other checkpoints.  An intermediate chain checkpoint (no held-out
+    record yet) gets the record its run computes at the end, for the exported weights, on the run's
+    ``bank/val.pt`` (`medrecon.models.distill_chain_train.intermediate_record`).
     """
     from medrecon.models.checkpoint import load_checkpoint, load_model, save_checkpoint
     from medrecon.models.networks import build_unet
@@ -230,6 +232,12 @@ def export_prior(run_checkpoint, out_dir, weights: str = "ema-corrected", overwr
         model.net.load_state_dict(state)
     extra = {k: v for k, v in ck.extra.items() if k != "network"}
     extra.update(source_step=int(ck.step), weights=weights)
+    if distilled.get("method") == "chain":
+        from medrecon.models.distill_chain_train import intermediate_record
+
+        record = intermediate_record(run_checkpoint, model)  # an intermediate step's own held-out record
+        distilled = {**distilled, "rounds": [record]} if record is not None else distilled
+        extra["distilled"] = distilled
     if cg_iters is not None:
         extra["distilled"] = {**distilled, "cg_iters": int(cg_iters)}
     return save_checkpoint(out_dir, model, {"network": ck.network_config, **extra}, step=ck.step,

@@ -37,7 +37,10 @@ so that the student sees inference's aliasing geometry and pixel scale at a frac
 Coils (``coils=C``): multi-coil SENSE problems y = M F S x with simulated sensitivities; the data step
 is then DDNM's CG projection (``cg_iters`` 10), as in ``medrecon recon`` on multi-coil data.  Single-coil
 problems are a different posterior: on the same held-out strips the teacher's DDNM-50 is at 25.1 dB
-single-coil and 32.5 dB with 16 coils (docs/distill.md).
+single-coil and 32.5 dB with 16 coils (docs/distill.md).  Noise (``snr=s``): the simulator's
+complex Gaussian k-space noise at SNR s in every problem, so that teacher and student reconstruct
+the noisy measurements ``medrecon recon`` gets; ``cg_iters`` sets the student chain's CG count (the
+teacher keeps DDNM's 10), so that it is trained with the data step it runs with.
 """
 from __future__ import annotations
 
@@ -48,6 +51,7 @@ import torch
 
 from medrecon.physics.masks import KINDS_1D, sample_mask
 from medrecon.datasets.simulate_mri import coil_maps
+from medrecon.physics.fft import fft2c
 from medrecon.physics.mri import MultiCoilMRI, SingleCoilMRI
 from medrecon.posterior.ddnm import ddnm
 from medrecon.solvers.base import noise_like
@@ -88,7 +92,7 @@ class ChainProblem:
 
 
 def chain_problem(x: torch.Tensor, g: torch.Generator, kinds=("equispaced_fraction", "random"),
-                  accelerations=(4, 8), rows: int = 0, coils: int = 0) -> ChainProblem:
+                  accelerations=(4, 8), rows: int = 0, coils: int = 0, snr: float = 0.0) -> ChainProblem:
     """The problems of clean windows ``x`` [B, H, W] (module docstring); all draws from ``g``.
 
     ``rows=R``: ``x`` holds whole images (the encoded field of view [2 s, s]) and each problem is a
@@ -103,7 +107,15 @@ def chain_problem(x: torch.Tensor, g: torch.Generator, kinds=("equispaced_fracti
     simulator's ring of loops, `medrecon.datasets.simulate_mri.coil_maps`, random ring, scaled to the
     object: the central half of the rows when ``rows``), and the scale max |A^H y| of SENSE
     (``normalize=True``).  S is diagonal in the image, so the strip argument holds with the maps'
-    rows: a strip is the whole image's SENSE problem on those rows."""
+    rows: a strip is the whole image's SENSE problem on those rows.
+
+    ``snr=s`` (> 0): measurement noise as the simulator's (`medrecon.datasets.simulate_mri`): circular
+    complex Gaussian of std sigma = sqrt(mean |x|^2 / C) / s per k-space sample and coil (C = 1
+    single-coil), mean over the whole item, drawn after the noise-free problem's draws (so the same
+    generator gives the same problem plus noise).  It is drawn as white image-domain noise w per coil,
+    y = M F (S x + w): F is orthonormal, so M F w is the simulator's masked k-space noise, and a strip
+    (rows of S x + w) is still the whole image's noisy problem on those rows.  The scale is max |A^H y|
+    of the noisy whole image, as ``normalize=True`` sees it."""
     if not x.is_complex() or x.ndim != 3:
         raise ValueError(f"x: expected complex windows [B, H, W], got {tuple(x.shape)} {x.dtype}")
     bad = [a for a in accelerations if a not in CENTER_FRACTIONS] + [k for k in kinds if k not in COLUMN_KINDS]
@@ -113,6 +125,8 @@ def chain_problem(x: torch.Tensor, g: torch.Generator, kinds=("equispaced_fracti
     B, H, W = x.shape
     if coils < 0:
         raise ValueError(f"coils: expected 0 (single-coil) or the number of coils, got {coils}")
+    if not snr >= 0:
+        raise ValueError(f"snr: expected 0 (noise-free) or the simulator's SNR > 0, got {snr}")
     if rows and not 0 < rows <= H:
         raise ValueError(f"rows: expected 0 (the whole window) or 1 <= rows <= {H} (the images' height), got {rows}")
     masks, offsets, maps = [], [], []
@@ -130,20 +144,36 @@ def chain_problem(x: torch.Tensor, g: torch.Generator, kinds=("equispaced_fracti
     mask = torch.stack(masks).to(x.device)                                   # [B, 1, W]
     smaps = torch.stack(maps).to(x.device) if coils else None                # [B, C, H, W]
     A = MultiCoilMRI(smaps, mask) if coils else SingleCoilMRI(mask, (H, W))
-    y = A.forward(x)
+    strip = (lambda v, dim: torch.stack([vi.narrow(dim, o, rows) for vi, o in zip(v, offsets)])) if rows else None
+    x_T = noise_like(x if not rows else strip(x, 0), g)
+    w = None
+    if snr:
+        sigma = (x.abs().square().flatten(1).mean(1) / max(coils, 1)).sqrt() / snr
+        w = noise_like(x, g, (B, coils, H, W) if coils else (B, H, W)) * sigma.view(-1, *[1] * (3 if coils else 2))
+    y = _measure(A, x, w, mask)
     scale = A.adjoint(y).abs().flatten(1).amax(1).clamp(min=1e-12)[:, None, None]
     if rows:
-        x = torch.stack([xi[o:o + rows] for xi, o in zip(x, offsets)])
+        x = strip(x, 0)
         if coils:
-            smaps = torch.stack([si[:, o:o + rows] for si, o in zip(smaps, offsets)])
+            smaps = strip(smaps, 1)
+        w = None if w is None else strip(w, w.ndim - 3)
         A = MultiCoilMRI(smaps, mask) if coils else SingleCoilMRI(mask, (rows, W))
-        y = A.forward(x)
+        y = _measure(A, x, w, mask)
     scale_y = scale[:, None] if coils else scale
-    return ChainProblem(x / scale, y / scale_y, mask, noise_like(x, g), smaps)
+    return ChainProblem(x / scale, y / scale_y, mask, x_T, smaps)
 
 
-def _run(eps_fn, p: ChainProblem, betas, steps: int, eta: float, g: torch.Generator) -> torch.Tensor:
-    x, _ = ddnm(eps_fn, p.operator(), p.y, betas, steps, g, eta=eta, x_T=p.x_T)
+def _measure(A, x: torch.Tensor, w: torch.Tensor | None, mask: torch.Tensor) -> torch.Tensor:
+    """y = A x, plus M F w for image-domain noise w ([B, C, H, W] multi-coil, [B, H, W] single-coil)."""
+    y = A.forward(x)
+    if w is None:
+        return y
+    m = mask[:, None] if w.ndim == 4 else mask
+    return y + fft2c(w) * m
+
+
+def _run(eps_fn, p: ChainProblem, betas, steps: int, eta: float, g: torch.Generator, cg_iters: int = 10) -> torch.Tensor:
+    x, _ = ddnm(eps_fn, p.operator(), p.y, betas, steps, g, eta=eta, x_T=p.x_T, cg_iters=cg_iters)
     return x
 
 
@@ -153,15 +183,17 @@ def teacher_targets(eps_fn, p: ChainProblem, betas, steps: int, eta: float, g: t
     return _run(eps_fn, p, betas, steps, eta, g)
 
 
-def student_chain(eps_fn, p: ChainProblem, betas, steps: int, eta: float, g: torch.Generator) -> torch.Tensor:
-    """The student's ``steps``-step DDNM reconstructions of ``p`` (gradient through eps_fn)."""
-    return _run(eps_fn, p, betas, steps, eta, g)
+def student_chain(eps_fn, p: ChainProblem, betas, steps: int, eta: float, g: torch.Generator,
+                  cg_iters: int = 10) -> torch.Tensor:
+    """The student's ``steps``-step DDNM reconstructions of ``p`` (gradient through eps_fn); ``cg_iters``:
+    its data step's CG count on multi-coil problems (the teacher keeps DDNM's 10)."""
+    return _run(eps_fn, p, betas, steps, eta, g, cg_iters)
 
 
 def chain_loss(eps_fn, p: ChainProblem, target: torch.Tensor, betas, steps: int, eta: float,
-               g: torch.Generator) -> torch.Tensor:
+               g: torch.Generator, cg_iters: int = 10) -> torch.Tensor:
     """mean |student chain - target|^2 (real and imaginary parts)."""
-    d = student_chain(eps_fn, p, betas, steps, eta, g) - target
+    d = student_chain(eps_fn, p, betas, steps, eta, g, cg_iters) - target
     return torch.view_as_real(d).square().mean()
 
 
@@ -183,11 +215,12 @@ def psnr_db(x: torch.Tensor, ref: torch.Tensor) -> torch.Tensor:
 
 
 @torch.no_grad()
-def heldout(eps_fn, p: ChainProblem, target: torch.Tensor, betas, steps: int, eta: float, seed: int) -> dict:
+def heldout(eps_fn, p: ChainProblem, target: torch.Tensor, betas, steps: int, eta: float, seed: int,
+            cg_iters: int = 10) -> dict:
     """Held-out record: the student chain's MSE against the teacher's targets, and the mean PSNR
     (dB) against the truth of the student and of the teacher (fixed noise: ``seed``)."""
     g = torch.Generator(device=p.x.device).manual_seed(int(seed))
-    out = student_chain(eps_fn, p, betas, steps, eta, g)
+    out = student_chain(eps_fn, p, betas, steps, eta, g, cg_iters)
     mse = float(torch.view_as_real(out - target).square().mean())
     psnr = psnr_db(out, p.x)
     return {"heldout_mse": mse, "heldout_psnr": float(psnr.mean()),

@@ -31,7 +31,7 @@ from .distill_chain import (CENTER_FRACTIONS, COLUMN_KINDS, ChainProblem, blend_
 from .train_common import CHECKPOINT_NAME, EMA, latest_checkpoint, step_generator, to_model_input
 from .wrapper import DiffusionModel
 
-__all__ = ["ChainResult", "distill_chain"]
+__all__ = ["ChainResult", "distill_chain", "intermediate_record"]
 
 
 @dataclass
@@ -57,12 +57,12 @@ def _save_atomic(obj, path: Path) -> None:
     write_published(path, lambda tmp: torch.save(obj, tmp))
 
 
-def _problems(dataset, idx, g, device, in_channels, kinds, accelerations, rows=0, coils=0) -> ChainProblem:
-    return chain_problem(_items(dataset, idx, device, in_channels), g, kinds, accelerations, rows, coils)
+def _problems(dataset, idx, g, device, in_channels, kinds, accelerations, rows=0, coils=0, snr=0.0) -> ChainProblem:
+    return chain_problem(_items(dataset, idx, device, in_channels), g, kinds, accelerations, rows, coils, snr)
 
 
 def _bank(teacher, dataset, out: Path, *, n_train, bank_items, bank_batch, val_items, teacher_steps, eta, seed,
-          device, kinds, accelerations, progress, rows=0, coils=0) -> tuple[ChainProblem, torch.Tensor, ChainProblem, torch.Tensor]:
+          device, kinds, accelerations, progress, rows=0, coils=0, snr=0.0) -> tuple[ChainProblem, torch.Tensor, ChainProblem, torch.Tensor]:
     """(training problems, their targets, held-out problems, their targets), computing missing chunks."""
     bank = out / "bank"
     bank.mkdir(parents=True, exist_ok=True)
@@ -79,7 +79,7 @@ def _bank(teacher, dataset, out: Path, *, n_train, bank_items, bank_batch, val_i
         for i in r:  # one generator per problem: chunking does not change the bank
             g = step_generator(seed, 1, i if name != "val" else 0x7FFF_0000 + i, device)
             j = i if name == "val" else int(torch.randint(n_train, (1,), generator=g, device=device))
-            parts.append(_problems(dataset, [j], g, device, teacher.in_channels, kinds, accelerations, rows, coils))
+            parts.append(_problems(dataset, [j], g, device, teacher.in_channels, kinds, accelerations, rows, coils, snr))
         p = ChainProblem.cat(parts)
         g = step_generator(seed, 3, r.start, device)
         target = teacher_targets(eps, p, betas, teacher_steps, eta, g)
@@ -114,6 +114,31 @@ def _extend(out: Path, plan: dict, resume: bool) -> None:
         write_published(file, lambda tmp: Path(tmp).write_text(text))
 
 
+def intermediate_record(checkpoint, model: DiffusionModel) -> dict | None:
+    """The held-out record of an intermediate chain checkpoint (``<run>/step-XXXXXXXX``, which keeps
+    only ``round_state.before``) for ``model``'s weights: the same `heldout` the run computes at its
+    end, on the run's ``bank/val.pt`` with its plan's steps, eta and seed.  None when the checkpoint
+    is not one of a chain run, already has its record, or its run folder lacks the bank or plan."""
+    checkpoint = Path(checkpoint)
+    ck = load_checkpoint(checkpoint, torch.device("cpu"), model.prediction_type)
+    d = ck.extra.get("distilled") if isinstance(ck.extra.get("distilled"), dict) else {}
+    run = checkpoint.parent
+    val, plan_file = run / "bank" / "val.pt", run / "plan.json"
+    if d.get("method") != "chain" or d.get("rounds") or not (val.is_file() and plan_file.is_file()):
+        return None
+    plan = json.loads(plan_file.read_text())
+    v = torch.load(val, map_location="cpu", weights_only=True)
+    p = ChainProblem(v["x"], v["y"], v["mask"], v["x_T"], v.get("smaps"))
+    frozen = _frozen(model)
+    frozen.net.to("cpu")
+    with torch.no_grad():
+        after = heldout(_eps(frozen, False), p, v["target"], model.schedule.betas, plan["steps"],
+                        plan["student_eta"], plan["seed"], plan.get("cg_iters", 10))
+    before = ck.extra.get("round_state", {}).get("before", {})
+    return {"round": 1, "steps": plan["steps"], "teacher_steps": plan["teacher_steps"], "train_steps": int(ck.step),
+            **{f"{k}_before": x for k, x in before.items()}, **after}
+
+
 def distill_chain(teacher: DiffusionModel, dataset, out_dir, *, steps: int = 4, teacher_steps: int = 50,
                   eta: float = 0.85, student_eta: float | None = None, bank_items: int = 512, bank_batch: int = 16,
                   val_items: int = 16,
@@ -122,7 +147,8 @@ def distill_chain(teacher: DiffusionModel, dataset, out_dir, *, steps: int = 4, 
                   kinds=("equispaced_fraction", "random"), accelerations=(4, 8), teacher_name: str = "",
                   seed: int = 0, device=None, resume: bool = True, overwrite: bool = False,
                   progress: bool = True, rows: int = 0, init: DiffusionModel | None = None,
-                  init_name: str = "", truth_weight: float = 0.0, coils: int = 0) -> ChainResult:
+                  init_name: str = "", truth_weight: float = 0.0, coils: int = 0, snr: float = 0.0,
+                  cg_iters: int = 0) -> ChainResult:
     """Distil ``teacher``'s ``teacher_steps``-step DDNM into a ``steps``-step DDNM student (module docstrings).
 
     ``rows=R``: the items are whole images and the problems R-row strips of them
@@ -132,7 +158,9 @@ def distill_chain(teacher: DiffusionModel, dataset, out_dir, *, steps: int = 4, 
     (1 - w) |chain - teacher|^2 + w |chain - truth|^2, i.e. |chain - ((1 - w) teacher + w truth)|^2 up to a
     constant (`distill_chain.blend_target`); 0 is pure distillation, anything else adds the bank's
     supervised truth (docs/distill.md).  ``coils=C``: multi-coil SENSE problems with C simulated coil
-    sensitivities (`distill_chain.chain_problem`), the geometry ``medrecon recon`` solves."""
+    sensitivities (`distill_chain.chain_problem`), the geometry ``medrecon recon`` solves.  ``snr=s``:
+    the simulator's measurement noise at SNR s in every problem (0: noise-free).  ``cg_iters=N``: the
+    student chain's CG count in its data step (0: DDNM's 10; the teacher always runs DDNM's default)."""
     betas = getattr(teacher.schedule, "betas", None)
     if betas is None or teacher.prediction_type == "score" or teacher.network_config is None:
         raise ValueError(f"teacher: expected a VP eps / x0 / v model with a network_config, got a "
@@ -148,6 +176,9 @@ def distill_chain(teacher: DiffusionModel, dataset, out_dir, *, steps: int = 4, 
                          f"got {list(accelerations)}, {list(kinds)}")
     if coils < 0:
         raise ValueError(f"coils: expected 0 (single-coil problems) or the number of coils, got {coils}")
+    if not snr >= 0 or cg_iters < 0:
+        raise ValueError(f"snr, cg_iters: expected 0 (noise-free; DDNM's 10) or a positive SNR and CG count, "
+                         f"got {snr}, {cg_iters}")
     if rows < 0 or rows % teacher.network_config.downsample_factor:
         raise ValueError(f"rows: expected 0 (whole items) or a positive multiple of the network's downsampling "
                          f"factor {teacher.network_config.downsample_factor}, got {rows}")
@@ -168,7 +199,9 @@ def distill_chain(teacher: DiffusionModel, dataset, out_dir, *, steps: int = 4, 
            "grad_clip": grad_clip, "seed": seed}
     # the settings recorded only when used (older plans and checkpoints stay as they were)
     options = {k: v for k, v in (("rows", rows), ("init", init_name or "given" if init is not None else None),
-                                 ("truth_weight", truth_weight), ("coils", coils)) if v}
+                                 ("truth_weight", truth_weight), ("coils", coils), ("snr", float(snr)),
+                                 ("cg_iters", cg_iters)) if v}
+    student_cg = cg_iters or 10
     plan = {"method": "chain", "teacher": teacher_name, "steps": steps, "teacher_steps": teacher_steps, "eta": eta,
             "student_eta": student_eta, "bank_items": bank_items, "val_items": val_items, "kinds": list(kinds),
             "accelerations": list(accelerations), **cfg,
@@ -184,7 +217,7 @@ def distill_chain(teacher: DiffusionModel, dataset, out_dir, *, steps: int = 4, 
     train_p, train_t, val_p, val_t = _bank(
         teacher, dataset, out, n_train=n_train, bank_items=bank_items, bank_batch=bank_batch, val_items=val_items,
         teacher_steps=teacher_steps, eta=eta, seed=seed, device=device, kinds=tuple(kinds),
-        accelerations=tuple(accelerations), progress=progress, rows=rows, coils=coils)
+        accelerations=tuple(accelerations), progress=progress, rows=rows, coils=coils, snr=snr)
     info = {"steps": steps, "grid": g_student, "teacher": teacher_name,
             "teacher_grid": [int(t) for t in dc_grid(teacher_steps, len(betas))], "method": "chain",
             "data_step": "ddnm", "eta": student_eta, "teacher_eta": eta,
@@ -201,7 +234,7 @@ def distill_chain(teacher: DiffusionModel, dataset, out_dir, *, steps: int = 4, 
         ck = load_checkpoint(last, device, teacher.prediction_type)
         start, before = restore(ck, student, opt, ema), ck.extra["round_state"]["before"]
     else:
-        before = heldout(_eps(_frozen(student), False), val_p, val_t, betas, steps, student_eta, seed)
+        before = heldout(_eps(_frozen(student), False), val_p, val_t, betas, steps, student_eta, seed, student_cg)
 
     def save(step: int, record: dict | None = None) -> Path:
         return save_pruned(out, student, {
@@ -218,7 +251,7 @@ def distill_chain(teacher: DiffusionModel, dataset, out_dir, *, steps: int = 4, 
         for step in range(start, train_steps):
             g = step_generator(seed, 2, step, device)
             idx = torch.randint(len(train_t), (batch_size,), generator=g, device=device)
-            loss = chain_loss(eps, train_p.index(idx), train_goal[idx], betas, steps, student_eta, g)
+            loss = chain_loss(eps, train_p.index(idx), train_goal[idx], betas, steps, student_eta, g, student_cg)
             optimizer_step(student, opt, ema, loss, grad_clip)
             log.write(json.dumps({"step": step + 1, "loss": float(loss.detach())}) + "\n")
             if pbar is not None:
@@ -227,7 +260,7 @@ def distill_chain(teacher: DiffusionModel, dataset, out_dir, *, steps: int = 4, 
                 log.flush()
                 save(step + 1)
         result = _frozen(student, ema.shadow if ema else None)
-        after = heldout(_eps(result, False), val_p, val_t, betas, steps, student_eta, seed)
+        after = heldout(_eps(result, False), val_p, val_t, betas, steps, student_eta, seed, student_cg)
         record = {"round": 1, "steps": steps, "teacher_steps": teacher_steps, "train_steps": train_steps,
                   **{f"{k}_before": v for k, v in before.items()}, **after}
         log.write(json.dumps(record) + "\n")

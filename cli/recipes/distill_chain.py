@@ -23,7 +23,9 @@ inference's aliasing and pixel scale.  ``init=NAME|DIR``: start the student from
 simulated coil sensitivities (the data step is then DDNM's CG projection, as in ``medrecon recon``).
 ``truth_weight=w`` (default 0): train on
 (1 - w) |chain - teacher|^2 + w |chain - truth|^2, adding the bank's truth to the teacher's target (a
-supervised departure from distillation; docs/distill.md).  A rerun resumes (the bank's finished
+supervised departure from distillation; docs/distill.md).  ``snr=s``: the simulator's measurement
+noise (SNR s, as ``medrecon simulate mri``'s default 30) in every problem.  ``cg_iters=N``: the student
+chain's CG iterations in its data step (default DDNM's 10; the teacher keeps 10).  A rerun resumes (the bank's finished
 chunks and the last checkpoint).
 """
 from __future__ import annotations
@@ -32,19 +34,20 @@ from . import Recipe
 from .distill import prepare
 
 _DEFAULTS = {"steps": 600, "batch_size": 8, "lr": 1e-4}
-_INT = {"teacher_steps": 50, "bank_items": 512, "bank_batch": 16, "val_items": 16, "whole": 0, "rows": 0, "coils": 0}
+_INT = {"teacher_steps": 50, "bank_items": 512, "bank_batch": 16, "val_items": 16, "whole": 0, "rows": 0, "coils": 0,
+        "cg_iters": 0}
 _DATA = ("volumes", "slices", "data_seed", "size", "scales", "threads")  # cli/recipes/mri.py's options
 
 
 def _options(args) -> tuple[dict, dict[str, str]]:
-    own = {**_INT, "eta": 0.85, "student_eta": None, "truth_weight": 0.0, "accelerations": (4, 8), "kinds": ("equispaced_fraction", "random"),
+    own = {**_INT, "eta": 0.85, "student_eta": None, "truth_weight": 0.0, "snr": 0.0, "accelerations": (4, 8), "kinds": ("equispaced_fraction", "random"),
            "init": None}
     data = {}
     for key, value in (args.recipe_options or {}).items():
         try:
             if key in _INT:
                 own[key] = int(value)
-            elif key in ("eta", "student_eta", "truth_weight"):
+            elif key in ("eta", "student_eta", "truth_weight", "snr"):
                 own[key] = float(value)
             elif key == "accelerations":
                 own[key] = tuple(int(v) for v in value.split(","))
@@ -58,13 +61,16 @@ def _options(args) -> tuple[dict, dict[str, str]]:
                 raise KeyError(key)
         except ValueError:
             raise ValueError(f"--recipe-option {key}={value!r}: expected "
-                             f"{'a number' if key in (*_INT, 'eta', 'student_eta', 'truth_weight') else 'a comma-separated list'}") from None
+                             f"{'a number' if key in (*_INT, 'eta', 'student_eta', 'truth_weight', 'snr') else 'a comma-separated list'}") from None
         except KeyError:
             raise ValueError(f"--recipe-option {key}: unknown for recipe 'distill-chain'; valid: "
-                             f"{sorted([*_INT, 'eta', 'student_eta', 'truth_weight', 'accelerations', 'kinds', 'init', *_DATA])}") from None
+                             f"{sorted([*_INT, 'eta', 'student_eta', 'truth_weight', 'snr', 'accelerations', 'kinds', 'init', *_DATA])}") from None
     for key in ("eta", "student_eta", "truth_weight"):
         if own[key] is not None and not 0 <= own[key] <= 1:
             raise ValueError(f"--recipe-option {key}={own[key]}: expected 0 <= {key} <= 1")
+    if own["snr"] < 0 or own["cg_iters"] < 0:
+        raise ValueError(f"--recipe-option snr={own['snr']}, cg_iters={own['cg_iters']}: expected 0 (noise-free; "
+                         f"DDNM's 10 CG iterations) or positive values")
     if own["rows"] and not own["whole"]:
         raise ValueError(f"--recipe-option rows={own['rows']}: strips are cut from whole images; give whole=S too")
     return own, data
@@ -121,7 +127,8 @@ def _run(args) -> int:
         grad_clip=args.grad_clip or None, save_every=args.save_every or None, kinds=own["kinds"],
         accelerations=own["accelerations"], teacher_name=name, seed=args.seed, device=args.device,
         resume=not args.no_resume, overwrite=args.overwrite, progress=not args.quiet, rows=own["rows"],
-        init=init, init_name=init_name, truth_weight=own["truth_weight"], coils=own["coils"])
+        init=init, init_name=init_name, truth_weight=own["truth_weight"], coils=own["coils"], snr=own["snr"],
+        cg_iters=own["cg_iters"])
     r = result.record
     print(f"DDNM-{r['teacher_steps']} -> DDNM-{r['steps']}: held-out MSE against the teacher "
           f"{r['heldout_mse_before']:.3g} -> {r['heldout_mse']:.3g}; PSNR {r['heldout_psnr_before']:.2f} -> "

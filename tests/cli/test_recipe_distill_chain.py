@@ -43,6 +43,8 @@ def test_recipe_flags_are_checked(files, tmp_path):  # noqa: F811
         _train(*_argv(files, out, "--recipe-option", "acs=4"))
     with pytest.raises(ValueError, match="truth_weight=1.5: expected 0 <= truth_weight <= 1"):
         _train(*_argv(files, out, "--recipe-option", "truth_weight=1.5"))
+    with pytest.raises(ValueError, match="snr=-1.0, cg_iters=0: expected 0"):
+        _train(*_argv(files, out, "--recipe-option", "snr=-1"))
     with pytest.raises(ValueError, match="coils='x': expected a number"):
         _train(*_argv(files, out, "--recipe-option", "coils=x"))
     with pytest.raises(ValueError, match="eta=2.0: expected 0 <= eta <= 1"):
@@ -82,13 +84,14 @@ def test_whole_images_of_one_scale(files, tmp_path):  # noqa: F811
     assert bank["x"].shape == (2, 8, 16) and bank["mask"].shape == (2, 1, 16)
     plan = json.loads((tmp_path / "strips" / "plan.json").read_text())
     assert plan["rows"] == 8 and plan["init"] == str(tmp_path / "run" / "student")
-    # coils=C: SENSE strips with their maps in the bank; truth_weight=w: recorded in the plan
-    sense = [*strips, "--recipe-option", "coils=2", "--recipe-option", "truth_weight=0.5"]
+    # coils=C: SENSE strips with their maps in the bank; truth_weight, snr, cg_iters: recorded in the plan
+    sense = [*strips, "--recipe-option", "coils=2", "--recipe-option", "truth_weight=0.5", "--recipe-option", "snr=30",
+             "--recipe-option", "cg_iters=4"]
     sense[sense.index("--out") + 1] = str(tmp_path / "sense")
     assert _train(*sense) == 0
     assert torch.load(tmp_path / "sense" / "bank" / "val.pt", weights_only=True)["smaps"].shape == (2, 2, 8, 16)
     plan = json.loads((tmp_path / "sense" / "plan.json").read_text())
-    assert (plan["coils"], plan["truth_weight"]) == (2, 0.5)
+    assert (plan["coils"], plan["truth_weight"], plan["snr"], plan["cg_iters"]) == (2, 0.5, 30.0, 4)
     with pytest.raises(ValueError, match="rows=8: strips are cut from whole images; give whole=S too"):
         _train(*_argv(files, tmp_path / "bad", "--recipe-option", "rows=8"))
     with pytest.raises(ValueError, match="--recipe-option init 'nowhere': neither a shipped prior"):

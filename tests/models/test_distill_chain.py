@@ -98,6 +98,42 @@ def test_multicoil_strips_are_the_whole_images_sense_rows():
         chain_problem(x, torch.Generator(), coils=-1)
 
 
+def test_noisy_problems_are_the_simulators_noise_on_the_same_problem():
+    """snr=s: the same problem as snr=0 from the same generator (truth, mask, maps, start noise) plus
+    masked complex Gaussian k-space noise of std sqrt(mean |x|^2 / C) / s (the simulator's definition,
+    `simulate_mri_volume`), scaled with the problem; a strip's noise is the whole image's on those rows
+    (A^H y of the strip = the whole image's A^H y on the same rows with the same draws)."""
+    x = torch.stack(_images(4)).repeat(1, 4, 4)                            # [4, 64, 64]
+    for rows, coils in ((0, 0), (0, 4), (16, 3)):
+        clean = chain_problem(x, torch.Generator().manual_seed(2), rows=rows, coils=coils)
+        noisy = chain_problem(x, torch.Generator().manual_seed(2), rows=rows, coils=coils, snr=5.0)
+        for k in ("mask", "x_T", "smaps"):
+            a, b = getattr(clean, k), getattr(noisy, k)
+            assert (a is None and b is None) or torch.equal(a, b)
+        scale = clean.x.abs().flatten(1).amax(1) / noisy.x.abs().flatten(1).amax(1)  # clean / noisy scale
+        torch.testing.assert_close(noisy.x * scale[:, None, None], clean.x)
+        n = noisy.y - clean.y * (1 / scale).view(-1, *[1] * (clean.y.ndim - 1))
+        m = noisy.mask[:, None] if coils else noisy.mask
+        assert torch.all(n[~m.expand_as(n)] == 0)                        # noise only on the sampled columns
+        sigma = (x.abs().square().flatten(1).mean(1) / max(coils, 1)).sqrt() / 5.0
+        measured = (n.abs().square().flatten(1).sum(1) / m.expand_as(n).flatten(1).sum(1)).sqrt()
+        if not rows:  # the noise std in the unscaled k-space: measured x the noisy problem's scale
+            unscaled = measured * x.abs().flatten(1).amax(1) / noisy.x.abs().flatten(1).amax(1)
+            torch.testing.assert_close(unscaled, sigma, rtol=0.1, atol=0)
+    from medrecon.models.distill_chain import _measure  # the strip of S x + w is the whole image's rows
+
+    g = torch.Generator().manual_seed(3)
+    xw, w = (torch.randn(*sh, dtype=torch.complex64, generator=g) for sh in ((64, 16), (3, 64, 16)))
+    S = torch.randn(3, 64, 16, dtype=torch.complex64, generator=g)
+    mask = torch.rand(1, 1, 16, generator=g) < 0.5
+    whole = MultiCoilMRI(S[None], mask)
+    strip = MultiCoilMRI(S[None, :, 20:36], mask)
+    torch.testing.assert_close(strip.adjoint(_measure(strip, xw[None, 20:36], w[None, :, 20:36], mask)),
+                               whole.adjoint(_measure(whole, xw[None], w[None], mask))[:, 20:36])
+    with pytest.raises(ValueError, match="snr: expected 0"):
+        chain_problem(x, torch.Generator(), snr=-1.0)
+
+
 def test_teacher_target_is_the_samplers_ddnm_and_data_consistent():
     teacher = _teacher().eval()
     p = chain_problem(torch.stack(_images(3)), torch.Generator().manual_seed(4))
@@ -139,9 +175,14 @@ def test_truth_weight_and_coils_are_recorded(tmp_path):
     assert json.loads((tmp_path / "w1" / "plan.json").read_text())["truth_weight"] == 1.0
     assert load_checkpoint(tmp_path / "w1" / "student").extra["distilled"]["truth_weight"] == 1.0
     mc = distill_chain(_teacher(), _images(), tmp_path / "mc", **{**RUN, "train_steps": 2, "save_every": None},
-                       coils=2)
+                       coils=2, snr=20.0, cg_iters=3)
     assert torch.load(tmp_path / "mc" / "bank" / "val.pt", weights_only=True)["smaps"].shape == (3, 2, 16, 16)
-    assert load_checkpoint(tmp_path / "mc" / "student").extra["distilled"]["coils"] == 2
+    d = load_checkpoint(tmp_path / "mc" / "student").extra["distilled"]
+    assert (d["coils"], d["snr"], d["cg_iters"]) == (2, 20.0, 3)      # cg_iters: the student's default (methods)
+    assert json.loads((tmp_path / "mc" / "plan.json").read_text())["snr"] == 20.0
+    from medrecon.methods.distilled import default_cg_iters
+    from medrecon.methods.vp import DDNMOptions
+    assert default_cg_iters(DDNMOptions(checkpoint=str(tmp_path / "mc" / "student"), steps=2), "ddnm") == 3
     assert math.isfinite(mc.record["heldout_psnr"]) and math.isfinite(mc.record["teacher_psnr"])
     with pytest.raises(ValueError, match=r"truth_weight: expected 0 .* got 1.5"):
         distill_chain(_teacher(), _images(), tmp_path / "bad", **RUN, truth_weight=1.5)
@@ -273,3 +314,25 @@ def test_the_exported_students_cg_iters_is_the_methods_default(run, tmp_path):
     with pytest.raises(ValueError, match="cg_iters=0: expected >= 1 and a chain-distilled checkpoint"):
         export_prior(src / "step-00000004", tmp_path / "bad", weights="ema", cg_iters=0)
     assert not (tmp_path / "bad").exists()
+
+
+def test_an_exported_intermediate_checkpoint_gets_the_runs_heldout_record(run, tmp_path):
+    """Intermediate checkpoints keep only round_state.before; export_prior adds the record the run computes
+    at its end (`intermediate_record`, on bank/val.pt) for the exported weights: on the final step with its
+    record removed it is the run's own record, bit for bit; a checkpoint that has its record keeps it."""
+    from medrecon.builtin_priors import export_prior
+
+    src, result = run
+    copy = tmp_path / "run"
+    shutil.copytree(src, copy)
+    cfg_file = copy / "step-00000004" / "config.json"
+    cfg = json.loads(cfg_file.read_text())
+    assert cfg["extra"]["distilled"]["rounds"] == [result.record]
+    cfg["extra"]["distilled"]["rounds"] = []
+    cfg_file.write_text(json.dumps(cfg))
+    rec = load_checkpoint(export_prior(copy / "step-00000004", tmp_path / "mid", weights="ema")).extra["distilled"]["rounds"]
+    assert rec == [result.record]
+    kept = load_checkpoint(export_prior(src / "step-00000004", tmp_path / "end", weights="ema", cg_iters=3)).extra
+    assert kept["distilled"]["rounds"] == [result.record] and kept["distilled"]["cg_iters"] == 3
+    mid = load_checkpoint(export_prior(src / "step-00000002", tmp_path / "two", weights="raw")).extra["distilled"]["rounds"]
+    assert len(mid) == 1 and mid[0]["train_steps"] == 2 and mid[0]["heldout_mse"] != result.record["heldout_mse"]
