@@ -77,8 +77,9 @@ PRIORS: dict[str, PriorInfo] = {
         "distilled", "brain128-vp distilled into a 4-step DDNM chain (eta 0, data step between its steps) from the "
         "teacher's DDNM-50 reconstructions (recipe distill-chain)", _BRAIN_MS + "; problems: 512 windows, then 256 "
         "single-coil strips of 128 rows of whole 640x320 images (64 simulated volumes at recon matrix 320, 3 slices "
-        "each), then 128 such strips as 16-coil SENSE problems; fastMRI equispaced_fraction / random column masks at "
-        "4x (centre 0.08) and 8x (0.04), targets brain128-vp's DDNM-50 (eta 0.85)", 850, 4,
+        "each), then 128 such strips as 16-coil SENSE problems, then 256 of them with the simulator's k-space noise "
+        "(SNR 30) and the student's data step at 25 CG iterations; fastMRI equispaced_fraction / random column "
+        "masks at 4x (centre 0.08) and 8x (0.04), targets brain128-vp's DDNM-50 (eta 0.85)", 1475, 4,
         "ddnm / dds at steps=4 only (its grid 750, 500, 250, 0; eta 0 and cg_iters 25 by default); ccdf with t0=1"),
     "ct128-pixel-ddpm": PriorInfo(
         "ct-pixel-ddpm", "conditional pixel-space DDPM for low-dose CT, eps on 1000 linear betas, LDCT as a second "
@@ -204,9 +205,8 @@ def export_prior(run_checkpoint, out_dir, weights: str = "ema-corrected", overwr
 
     ``cg_iters``: for a chain-distilled student, record the data step's CG iterations it runs with
     by default (``extra.distilled.cg_iters``, `medrecon.methods.distilled.default_cg_iters`), chosen on
-    validation slices; refused for other checkpoints.  An intermediate chain checkpoint (no held-out
-    record yet) gets the record its run computes at the end, for the exported weights, on the run's
-    ``bank/val.pt`` (`medrecon.models.distill_chain_train.intermediate_record`).
+    validation slices; refused for other checkpoints.  An intermediate chain checkpoint has no held-out
+    record yet: `medrecon.models.distill_chain_train.export_chain_student` exports it with one.
     """
     from medrecon.models.checkpoint import load_checkpoint, load_model, save_checkpoint
     from medrecon.models.networks import build_unet
@@ -232,12 +232,6 @@ def export_prior(run_checkpoint, out_dir, weights: str = "ema-corrected", overwr
         model.net.load_state_dict(state)
     extra = {k: v for k, v in ck.extra.items() if k != "network"}
     extra.update(source_step=int(ck.step), weights=weights)
-    if distilled.get("method") == "chain":
-        from medrecon.models.distill_chain_train import intermediate_record
-
-        record = intermediate_record(run_checkpoint, model)  # an intermediate step's own held-out record
-        distilled = {**distilled, "rounds": [record]} if record is not None else distilled
-        extra["distilled"] = distilled
     if cg_iters is not None:
         extra["distilled"] = {**distilled, "cg_iters": int(cg_iters)}
     return save_checkpoint(out_dir, model, {"network": ck.network_config, **extra}, step=ck.step,

@@ -31,7 +31,7 @@ from .distill_chain import (CENTER_FRACTIONS, COLUMN_KINDS, ChainProblem, blend_
 from .train_common import CHECKPOINT_NAME, EMA, latest_checkpoint, step_generator, to_model_input
 from .wrapper import DiffusionModel
 
-__all__ = ["ChainResult", "distill_chain", "intermediate_record"]
+__all__ = ["ChainResult", "distill_chain", "export_chain_student", "intermediate_record"]
 
 
 @dataclass
@@ -137,6 +137,27 @@ def intermediate_record(checkpoint, model: DiffusionModel) -> dict | None:
     before = ck.extra.get("round_state", {}).get("before", {})
     return {"round": 1, "steps": plan["steps"], "teacher_steps": plan["teacher_steps"], "train_steps": int(ck.step),
             **{f"{k}_before": x for k, x in before.items()}, **after}
+
+
+def export_chain_student(run_checkpoint, out_dir, weights: str = "ema", overwrite: bool = False,
+                         cg_iters: int | None = None) -> Path:
+    """`medrecon.builtin_priors.export_prior` of a chain run's checkpoint, plus, for an intermediate one,
+    the held-out record its run computes at the end (`intermediate_record`, for the exported weights)
+    in ``extra.distilled.rounds``, so that a shipped student chosen mid-run carries its record too."""
+    from medrecon.builtin_priors import export_prior
+
+    from .checkpoint import load_model
+
+    path = Path(export_prior(run_checkpoint, out_dir, weights=weights, overwrite=overwrite,
+                             cg_iters=cg_iters))
+    record = intermediate_record(run_checkpoint, load_model(path))
+    if record is not None:
+        file = path / "config.json"
+        cfg = json.loads(file.read_text())
+        cfg["extra"]["distilled"]["rounds"] = [record]
+        text = json.dumps(cfg, indent=1)
+        write_published(file, lambda tmp: Path(tmp).write_text(text))
+    return path
 
 
 def distill_chain(teacher: DiffusionModel, dataset, out_dir, *, steps: int = 4, teacher_steps: int = 50,

@@ -317,10 +317,10 @@ def test_the_exported_students_cg_iters_is_the_methods_default(run, tmp_path):
 
 
 def test_an_exported_intermediate_checkpoint_gets_the_runs_heldout_record(run, tmp_path):
-    """Intermediate checkpoints keep only round_state.before; export_prior adds the record the run computes
+    """Intermediate checkpoints keep only round_state.before; export_chain_student adds the record the run computes
     at its end (`intermediate_record`, on bank/val.pt) for the exported weights: on the final step with its
     record removed it is the run's own record, bit for bit; a checkpoint that has its record keeps it."""
-    from medrecon.builtin_priors import export_prior
+    from medrecon.models.distill_chain_train import export_chain_student
 
     src, result = run
     copy = tmp_path / "run"
@@ -330,9 +330,9 @@ def test_an_exported_intermediate_checkpoint_gets_the_runs_heldout_record(run, t
     assert cfg["extra"]["distilled"]["rounds"] == [result.record]
     cfg["extra"]["distilled"]["rounds"] = []
     cfg_file.write_text(json.dumps(cfg))
-    rec = load_checkpoint(export_prior(copy / "step-00000004", tmp_path / "mid", weights="ema")).extra["distilled"]["rounds"]
+    rec = load_checkpoint(export_chain_student(copy / "step-00000004", tmp_path / "mid", weights="ema")).extra["distilled"]["rounds"]
     assert rec == [result.record]
-    kept = load_checkpoint(export_prior(src / "step-00000004", tmp_path / "end", weights="ema", cg_iters=3)).extra
+    kept = load_checkpoint(export_chain_student(src / "step-00000004", tmp_path / "end", weights="ema", cg_iters=3)).extra
     assert kept["distilled"]["rounds"] == [result.record] and kept["distilled"]["cg_iters"] == 3
-    mid = load_checkpoint(export_prior(src / "step-00000002", tmp_path / "two", weights="raw")).extra["distilled"]["rounds"]
+    mid = load_checkpoint(export_chain_student(src / "step-00000002", tmp_path / "two", weights="raw")).extra["distilled"]["rounds"]
     assert len(mid) == 1 and mid[0]["train_steps"] == 2 and mid[0]["heldout_mse"] != result.record["heldout_mse"]
